@@ -1,0 +1,19 @@
+"""One Backend per device behind one interface, the device-string grammar, and the registry."""
+
+from ..kernels.activation_codes import ACTIVATIONS
+from .base import Backend, check_activation
+from .device import Device, parse_device
+from .dtypes import FLOAT_DTYPES, resolve_dtype
+from .registry import available_devices, backend
+
+__all__ = [
+    "ACTIVATIONS",
+    "Backend",
+    "Device",
+    "FLOAT_DTYPES",
+    "available_devices",
+    "backend",
+    "check_activation",
+    "parse_device",
+    "resolve_dtype",
+]

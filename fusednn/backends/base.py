@@ -1,0 +1,590 @@
+"""The backend interface and its reference implementation.
+
+:class:`Backend` implements every operation with ``self.xp`` calls only
+(``xp`` is NumPy or CuPy). It is the executable specification: the NumPy
+backend is exactly this class, and the Numba and CUDA backends override the
+operations they fuse into kernels and inherit the rest.
+
+Conventions shared by every method:
+
+* Arrays are 2-D ``(batch, features)`` unless stated; the dense weight ``W``
+  has shape ``(in_features, out_features)`` and the bias ``b`` ``(out_features,)``.
+* Every floating-point array is float32 or float64, and the operands of one
+  call share one dtype.
+* Scalars that a training step produces (losses, penalties) are returned as
+  0-d device arrays, so nothing synchronises with the device until the caller
+  asks with ``float(x)`` or :meth:`Backend.to_float`.
+* Methods that take ``out`` write into it and return it; gradient buffers
+  (``dW``, ``db``) are written in place, never rebound.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from types import ModuleType
+from typing import Any
+
+import numpy as np
+
+from ..kernels.activation_codes import (
+    ACTIVATION_CODES,
+    ACTIVATIONS,
+    ELU_ALPHA,
+    LEAKY_RELU_SLOPE,
+    SELU_ALPHA,
+    SELU_SCALE,
+    SOFTPLUS_THRESHOLD,
+)
+from .device import Device
+from .dtypes import FLOAT_DTYPES, resolve_dtype
+
+Array = Any
+"""A NumPy or CuPy array, depending on the backend."""
+
+_SQRT_HALF = math.sqrt(0.5)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+
+def check_activation(name: str) -> int:
+    """Return the kernel code of activation ``name``.
+
+    Raises:
+        ValueError: ``name`` is unknown; the message lists the valid names.
+    """
+    try:
+        return ACTIVATION_CODES[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"Unknown activation {name!r}; expected one of {', '.join(ACTIVATIONS)}") from None
+
+
+def describe_location(x: Any) -> str:
+    """Say where an array lives, for error messages (``"cuda:0"``, ``"host memory (numpy)"``)."""
+    if hasattr(x, "__cuda_array_interface__"):
+        device = getattr(x, "device", None)
+        index = getattr(device, "id", None)
+        return f"cuda:{index}" if index is not None else "a CUDA device"
+    if isinstance(x, np.ndarray):
+        return "host memory (numpy)"
+    return f"a {type(x).__module__}.{type(x).__name__}"
+
+
+class Backend:
+    """One device's implementation of every operation fusednn needs.
+
+    Get one with :func:`fusednn.backend`; do not construct backends directly.
+
+    >>> import numpy as np, fusednn
+    >>> be = fusednn.backend("numpy")
+    >>> x = be.asarray(np.ones((2, 3)), dtype="float32")
+    >>> be.activation("relu", x).shape
+    (2, 3)
+    """
+
+    #: Device kind this class serves; subclasses set it.
+    kind: str = "numpy"
+
+    def __init__(self, device: Device, xp: ModuleType, erf: Callable[[Array], Array]) -> None:
+        self.device = device
+        self.xp = xp
+        self._erf = erf
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} device={self.device}>"
+
+    @property
+    def name(self) -> str:
+        """The canonical device string, e.g. ``"cpu"`` or ``"cuda:0"``."""
+        return str(self.device)
+
+    # ------------------------------------------------------------------ arrays
+
+    def asarray(self, x: Any, dtype: Any = None) -> Array:
+        """Return ``x`` as a float array on this device.
+
+        ``dtype=None`` keeps a float32/float64 input's dtype and turns any other
+        numeric input into float32. A copy is made only when needed.
+
+        Raises:
+            TypeError: ``dtype`` is not float32/float64, or ``x`` has such a dtype
+                (e.g. float16) and no ``dtype`` was given.
+            ValueError: ``x`` lives on another device.
+        """
+        x = self._import_array(x)
+        if dtype is None:
+            if x.dtype in FLOAT_DTYPES:
+                return x
+            if x.dtype.kind == "f" or x.dtype.kind not in "biuf":
+                raise TypeError(
+                    f"Unsupported array dtype {x.dtype.name!r}; pass dtype='float32' or 'float64' to convert"
+                )
+            return x.astype(np.float32)
+        return self.xp.ascontiguousarray(x, dtype=resolve_dtype(dtype))
+
+    def asindex(self, x: Any) -> Array:
+        """Return integer labels or row indices as an int64 array on this device.
+
+        Raises:
+            TypeError: ``x`` holds non-integer values (floats that are not whole numbers).
+            ValueError: ``x`` lives on another device.
+        """
+        x = self._import_array(x)
+        if x.dtype.kind in "iu":
+            return x.astype(np.int64, copy=False)
+        if x.dtype.kind == "f" and bool(self.xp.all(x == self.xp.round(x))):
+            return x.astype(np.int64)
+        raise TypeError(f"Expected integer labels or indices, got an array of dtype {x.dtype.name!r}")
+
+    def _import_array(self, x: Any) -> Array:
+        """Turn host data into an array of this backend; refuse other devices' arrays."""
+        if hasattr(x, "__cuda_array_interface__"):
+            raise ValueError(
+                f"The array is on {describe_location(x)} but this backend is {self.device}; "
+                "copy it to the host first (e.g. fusednn.backend('cuda').to_numpy(x))"
+            )
+        return np.asarray(x)
+
+    def to_numpy(self, x: Array) -> np.ndarray:
+        """Copy ``x`` to a NumPy array on the host (no copy when it is already one)."""
+        return np.asarray(x)
+
+    def to_float(self, x: Array) -> float:
+        """Read a 0-d device value as a Python float (synchronises on a GPU)."""
+        return float(x)
+
+    def empty(self, shape: int | tuple[int, ...], dtype: Any = None) -> Array:
+        """An uninitialised array of ``shape`` on this device."""
+        return self.xp.empty(shape, dtype=resolve_dtype(dtype))
+
+    def zeros(self, shape: int | tuple[int, ...], dtype: Any = None) -> Array:
+        """A zero-filled array of ``shape`` on this device."""
+        return self.xp.zeros(shape, dtype=resolve_dtype(dtype))
+
+    def synchronize(self) -> None:
+        """Wait until every operation queued on this device has finished (no-op on the CPU)."""
+
+    def take_rows(self, x: Array, indices: Array) -> Array:
+        """Gather rows ``x[indices]`` (a mini-batch) into a new contiguous array."""
+        return self.xp.take(x, indices, axis=0)
+
+    def check(self, x: Any, name: str = "array") -> Array:
+        """Check that ``x`` is a float32/float64 array of this backend and return it.
+
+        Raises:
+            ValueError: ``x`` is an array of another device.
+            TypeError: ``x`` is not an array, or has another dtype.
+        """
+        if not isinstance(x, self.xp.ndarray):
+            if hasattr(x, "__cuda_array_interface__") or isinstance(x, np.ndarray):
+                raise ValueError(
+                    f"{name} is on {describe_location(x)} but this backend is {self.device}; "
+                    f"move it with fusednn.backend({str(self.device)!r}).asarray(...)"
+                )
+            raise TypeError(f"{name} must be an array of backend {self.device}, got {type(x).__name__}")
+        if x.dtype not in FLOAT_DTYPES:
+            raise TypeError(f"{name} has dtype {x.dtype.name!r}; expected 'float32' or 'float64'")
+        return x
+
+    def _check_same_dtype(self, **arrays: Array) -> np.dtype:
+        """Check every named array with :meth:`check` and that all share one dtype."""
+        dtypes = {name: self.check(a, name).dtype for name, a in arrays.items()}
+        if len(set(dtypes.values())) > 1:
+            listed = ", ".join(f"{name}={dt.name}" for name, dt in dtypes.items())
+            raise TypeError(f"Operands must share one dtype, got {listed}")
+        return next(iter(dtypes.values()))
+
+    @staticmethod
+    def _check_shape(x: Array, shape: tuple[int, ...], name: str) -> None:
+        if tuple(x.shape) != tuple(shape):
+            raise ValueError(f"{name} has shape {tuple(x.shape)}; expected {tuple(shape)}")
+
+    # ------------------------------------------------------------------ matmul
+
+    def matmul(
+        self,
+        a: Array,
+        b: Array,
+        transpose_a: bool = False,
+        transpose_b: bool = False,
+        out: Array | None = None,
+    ) -> Array:
+        """Matrix product ``op(a) @ op(b)`` of two 2-D arrays, ``op`` transposing when asked.
+
+        Raises:
+            ValueError: the inner dimensions differ, or an operand is not 2-D.
+        """
+        self._check_same_dtype(a=a, b=b)
+        for name, x in (("a", a), ("b", b)):
+            if x.ndim != 2:
+                raise ValueError(f"matmul expects 2-D arrays; {name} has shape {tuple(x.shape)}")
+        a_op = a.T if transpose_a else a
+        b_op = b.T if transpose_b else b
+        if a_op.shape[1] != b_op.shape[0]:
+            raise ValueError(
+                f"matmul inner dimensions differ: op(a) is {tuple(a_op.shape)}, op(b) is {tuple(b_op.shape)}"
+            )
+        if out is not None:
+            self._check_shape(out, (a_op.shape[0], b_op.shape[1]), "out")
+            return self.xp.matmul(a_op, b_op, out=out)
+        return self.xp.matmul(a_op, b_op)
+
+    # ------------------------------------------------------------- activations
+
+    def activation(self, name: str, z: Array, out: Array | None = None) -> Array:
+        """Apply activation ``name`` elementwise: ``h = act(z)``."""
+        check_activation(name)
+        self.check(z, "z")
+        h = self._activation_reference(name, z)
+        if out is None:
+            return h
+        out[...] = h
+        return out
+
+    def activation_backward(self, name: str, z: Array, h: Array, dh: Array, out: Array | None = None) -> Array:
+        """Chain rule through activation ``name``: ``dz = dh * act'(z)``.
+
+        ``z`` is the input of the forward pass and ``h = act(z)`` its output;
+        each activation uses whichever gives the derivative most cheaply.
+        """
+        check_activation(name)
+        self._check_same_dtype(z=z, h=h, dh=dh)
+        if not (z.shape == h.shape == dh.shape):
+            raise ValueError(f"z, h and dh must share one shape, got {z.shape}, {h.shape}, {dh.shape}")
+        dz = dh * self._activation_derivative_reference(name, z, h)
+        if out is None:
+            return dz
+        out[...] = dz
+        return out
+
+    def _sigmoid(self, z: Array) -> Array:
+        # exp of a non-positive number only, so nothing overflows for large |z|.
+        xp = self.xp
+        e = xp.exp(-xp.abs(z))
+        return xp.where(z >= 0, 1 / (1 + e), e / (1 + e))
+
+    def _activation_reference(self, name: str, z: Array) -> Array:
+        xp = self.xp
+        if name == "identity":
+            return z.copy()
+        if name == "sigmoid":
+            return self._sigmoid(z)
+        if name == "tanh":
+            return xp.tanh(z)
+        if name == "relu":
+            return xp.maximum(z, 0)
+        if name == "leaky_relu":
+            return xp.where(z > 0, z, z * LEAKY_RELU_SLOPE)
+        if name == "elu":
+            return xp.where(z > 0, z, ELU_ALPHA * xp.expm1(xp.minimum(z, 0)))
+        if name == "selu":
+            return SELU_SCALE * xp.where(z > 0, z, SELU_ALPHA * xp.expm1(xp.minimum(z, 0)))
+        if name == "gelu":
+            return 0.5 * z * (1 + self._erf(z * _SQRT_HALF))
+        if name == "silu":
+            return z * self._sigmoid(z)
+        if name == "softplus":
+            return xp.where(z > SOFTPLUS_THRESHOLD, z, xp.log1p(xp.exp(xp.minimum(z, SOFTPLUS_THRESHOLD))))
+        raise AssertionError(name)  # check_activation ran first
+
+    def _activation_derivative_reference(self, name: str, z: Array, h: Array) -> Array:
+        xp = self.xp
+        if name == "identity":
+            return xp.ones_like(z)
+        if name == "sigmoid":
+            return h * (1 - h)
+        if name == "tanh":
+            return 1 - h * h
+        if name == "relu":
+            return (z > 0).astype(z.dtype)
+        if name == "leaky_relu":
+            return xp.where(z > 0, 1, LEAKY_RELU_SLOPE).astype(z.dtype)
+        if name == "elu":
+            return xp.where(z > 0, 1, ELU_ALPHA * xp.exp(xp.minimum(z, 0))).astype(z.dtype)
+        if name == "selu":
+            return SELU_SCALE * xp.where(z > 0, 1, SELU_ALPHA * xp.exp(xp.minimum(z, 0))).astype(z.dtype)
+        if name == "gelu":
+            return 0.5 * (1 + self._erf(z * _SQRT_HALF)) + z * xp.exp(-0.5 * z * z) * _INV_SQRT_2PI
+        if name == "silu":
+            s = self._sigmoid(z)
+            return s * (1 + z * (1 - s))
+        if name == "softplus":
+            return xp.where(z > SOFTPLUS_THRESHOLD, 1, self._sigmoid(z)).astype(z.dtype)
+        raise AssertionError(name)
+
+    def softmax(self, x: Array) -> Array:
+        """Softmax over the last axis, shifted by the row maximum so large logits do not overflow."""
+        self.check(x, "x")
+        e = self.xp.exp(x - x.max(axis=-1, keepdims=True))
+        return e / e.sum(axis=-1, keepdims=True)
+
+    def log_softmax(self, x: Array) -> Array:
+        """Log-softmax over the last axis, computed stably as ``x - max - log(sum(exp(x - max)))``."""
+        self.check(x, "x")
+        shifted = x - x.max(axis=-1, keepdims=True)
+        return shifted - self.xp.log(self.xp.exp(shifted).sum(axis=-1, keepdims=True))
+
+    # ------------------------------------------------------------ dense layer
+
+    def dense_forward(self, x: Array, W: Array, b: Array, activation: str) -> tuple[Array, Array]:
+        """Fused dense layer: ``z = x @ W + b`` and ``y = act(z)``.
+
+        Returns ``(y, z)``; backward needs both. For ``identity`` ``y is z``.
+
+        Shapes: ``x (N, in)``, ``W (in, out)``, ``b (out,)`` → ``y, z (N, out)``.
+        """
+        check_activation(activation)
+        self._check_dense_shapes(x, W, b)
+        z = self.matmul(x, W)
+        z += b
+        if activation == "identity":
+            return z, z
+        return self._activation_reference(activation, z), z
+
+    def dense_backward(
+        self,
+        x: Array,
+        W: Array,
+        z: Array,
+        y: Array,
+        dy: Array,
+        activation: str,
+        dW: Array,
+        db: Array,
+        need_dx: bool = True,
+    ) -> Array | None:
+        """Backward pass of :meth:`dense_forward`, by the chain rule.
+
+        Computes ``dz = dy * act'(z)`` and ``db = sum(dz, axis=0)`` (fused in one
+        pass by the optimised backends), then ``dW = x^T dz`` and, when
+        ``need_dx``, ``dx = dz W^T``. ``dW`` and ``db`` are overwritten in place.
+
+        Returns ``dx (N, in)`` or ``None``.
+        """
+        check_activation(activation)
+        self._check_dense_shapes(x, W, db)
+        self._check_same_dtype(x=x, z=z, y=y, dy=dy, dW=dW, db=db)
+        n, n_out = x.shape[0], W.shape[1]
+        for name, arr in (("z", z), ("y", y), ("dy", dy)):
+            self._check_shape(arr, (n, n_out), name)
+        self._check_shape(dW, W.shape, "dW")
+        if activation == "identity":
+            dz = dy
+        else:
+            dz = dy * self._activation_derivative_reference(activation, z, y)
+        self.xp.sum(dz, axis=0, out=db)
+        self.matmul(x, dz, transpose_a=True, out=dW)
+        return self.matmul(dz, W, transpose_b=True) if need_dx else None
+
+    def _check_dense_shapes(self, x: Array, W: Array, b: Array) -> None:
+        self._check_same_dtype(x=x, W=W, b=b)
+        if x.ndim != 2 or W.ndim != 2 or b.ndim != 1:
+            raise ValueError(
+                f"dense expects x (N, in), W (in, out), b (out,); got {tuple(x.shape)}, {tuple(W.shape)}, {tuple(b.shape)}"
+            )
+        if x.shape[1] != W.shape[0] or b.shape[0] != W.shape[1]:
+            raise ValueError(
+                f"dense shapes disagree: x {tuple(x.shape)}, W {tuple(W.shape)}, b {tuple(b.shape)}; "
+                "expected x (N, in), W (in, out), b (out,)"
+            )
+
+    # ------------------------------------------------------------------ losses
+
+    def softmax_cross_entropy(self, logits: Array, target: Array) -> tuple[Array, Array]:
+        """Fused softmax + cross-entropy, mean over samples (as ``torch.nn.CrossEntropyLoss``).
+
+        ``target`` is either int64 class labels ``(N,)`` (from :meth:`asindex`)
+        or class probabilities ``(N, C)`` of the logits' dtype. With
+        ``p = softmax(logits)``:
+
+        * labels: ``loss = -mean_i log p[i, t_i]``, ``dlogits = (p - onehot(t)) / N``
+        * probabilities: ``loss = -mean_i sum_c t_ic log p_ic``,
+          ``dlogits = (p * sum_c t_ic - t) / N``
+
+        Returns ``(loss as a 0-d array, dlogits (N, C))``. Labels must lie in ``[0, C)``.
+        """
+        self.check(logits, "logits")
+        n = logits.shape[0]
+        log_p = self.log_softmax(logits)
+        p = self.xp.exp(log_p)
+        if target.ndim == 1:
+            rows = self.xp.arange(n)
+            loss = -log_p[rows, target].sum() / n
+            grad = p
+            grad[rows, target] -= 1
+            grad /= n
+        else:
+            self._check_same_dtype(logits=logits, target=target)
+            loss = -(target * log_p).sum() / n
+            grad = (p * target.sum(axis=1, keepdims=True) - target) / n
+        return loss.astype(logits.dtype), grad
+
+    def binary_cross_entropy_with_logits(self, logits: Array, target: Array) -> tuple[Array, Array]:
+        """Sigmoid + binary cross-entropy on logits, mean over elements (as ``BCEWithLogitsLoss``).
+
+        ``loss = mean(max(x, 0) - x t + log(1 + exp(-|x|)))``, ``dx = (sigmoid(x) - t) / size``.
+        """
+        self._check_same_dtype(logits=logits, target=target)
+        xp = self.xp
+        size = logits.size
+        loss = (xp.maximum(logits, 0) - logits * target + xp.log1p(xp.exp(-xp.abs(logits)))).sum() / size
+        return loss.astype(logits.dtype), (self._sigmoid(logits) - target) / size
+
+    def mean_squared_error(self, pred: Array, target: Array) -> tuple[Array, Array]:
+        """``loss = mean((pred - target)^2)``, ``dpred = 2 (pred - target) / size``."""
+        self._check_same_dtype(pred=pred, target=target)
+        diff = pred - target
+        return (diff * diff).sum().astype(pred.dtype) / pred.size, diff * (2 / pred.size)
+
+    def mean_absolute_error(self, pred: Array, target: Array) -> tuple[Array, Array]:
+        """``loss = mean(|pred - target|)``, ``dpred = sign(pred - target) / size`` (0 where equal)."""
+        self._check_same_dtype(pred=pred, target=target)
+        diff = pred - target
+        return self.xp.abs(diff).sum().astype(pred.dtype) / pred.size, self.xp.sign(diff) / pred.size
+
+    # ---------------------------------------------------------- regularisation
+
+    def l1_l2_penalty(self, W: Array, l1: float, l2: float) -> Array:
+        """``l1 * sum|W| + l2 * sum W^2`` as a 0-d array (Keras's definition)."""
+        self.check(W, "W")
+        xp = self.xp
+        penalty = xp.zeros((), dtype=W.dtype)
+        if l1:
+            penalty = penalty + l1 * xp.abs(W).sum()
+        if l2:
+            penalty = penalty + l2 * (W * W).sum()
+        return penalty.astype(W.dtype)
+
+    def add_l1_l2_gradient(self, W: Array, dW: Array, l1: float, l2: float) -> None:
+        """Add the penalty's gradient ``l1 * sign(W) + 2 * l2 * W`` to ``dW`` in place."""
+        self._check_same_dtype(W=W, dW=dW)
+        if l1:
+            dW += l1 * self.xp.sign(W)
+        if l2:
+            dW += (2 * l2) * W
+
+    # -------------------------------------------------------------- optimizers
+    # Each step updates a flat parameter buffer in place with exactly the rule
+    # that torch.optim documents (single-tensor, non-maximising implementation).
+
+    def sgd_step(
+        self,
+        param: Array,
+        grad: Array,
+        momentum_buffer: Array | None,
+        *,
+        lr: float,
+        momentum: float,
+        dampening: float,
+        nesterov: bool,
+        weight_decay: float,
+        first_step: bool,
+    ) -> None:
+        """One SGD step, as ``torch.optim.SGD``::
+
+            g = grad + weight_decay * param
+            if momentum:  buf = g                                  (first step)
+                          buf = momentum * buf + (1 - dampening) * g  (later)
+                          g = g + momentum * buf if nesterov else buf
+            param -= lr * g
+
+        ``momentum_buffer`` may be ``None`` when ``momentum == 0``.
+        """
+        self._check_same_dtype(param=param, grad=grad)
+        g = grad + weight_decay * param if weight_decay else grad
+        if momentum:
+            if first_step:
+                momentum_buffer[...] = g
+            else:
+                momentum_buffer *= momentum
+                momentum_buffer += (1 - dampening) * g
+            g = g + momentum * momentum_buffer if nesterov else momentum_buffer
+        param -= lr * g
+
+    def rmsprop_step(
+        self,
+        param: Array,
+        grad: Array,
+        square_avg: Array,
+        grad_avg: Array | None,
+        momentum_buffer: Array | None,
+        *,
+        lr: float,
+        alpha: float,
+        eps: float,
+        weight_decay: float,
+        momentum: float,
+        centered: bool,
+    ) -> None:
+        """One RMSprop step, as ``torch.optim.RMSprop`` (eps added outside the square root)::
+
+            g = grad + weight_decay * param
+            square_avg = alpha * square_avg + (1 - alpha) * g^2
+            avg = sqrt(square_avg - grad_avg^2) + eps, grad_avg = alpha * grad_avg + (1 - alpha) * g  (centered)
+            avg = sqrt(square_avg) + eps                                                            (otherwise)
+            buf = momentum * buf + g / avg; param -= lr * buf   (momentum > 0)
+            param -= lr * g / avg                               (otherwise)
+        """
+        self._check_same_dtype(param=param, grad=grad, square_avg=square_avg)
+        xp = self.xp
+        g = grad + weight_decay * param if weight_decay else grad
+        square_avg *= alpha
+        square_avg += (1 - alpha) * g * g
+        if centered:
+            grad_avg *= alpha
+            grad_avg += (1 - alpha) * g
+            avg = xp.sqrt(square_avg - grad_avg * grad_avg) + eps
+        else:
+            avg = xp.sqrt(square_avg) + eps
+        if momentum > 0:
+            momentum_buffer *= momentum
+            momentum_buffer += g / avg
+            param -= lr * momentum_buffer
+        else:
+            param -= lr * (g / avg)
+
+    def adam_step(
+        self,
+        param: Array,
+        grad: Array,
+        exp_avg: Array,
+        exp_avg_sq: Array,
+        max_exp_avg_sq: Array | None,
+        *,
+        lr: float,
+        beta1: float,
+        beta2: float,
+        eps: float,
+        weight_decay: float,
+        amsgrad: bool,
+        step: int,
+    ) -> None:
+        """One Adam step, as ``torch.optim.Adam``; ``step`` counts from 1::
+
+            g = grad + weight_decay * param
+            exp_avg = exp_avg + (1 - beta1) * (g - exp_avg)
+            exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * g^2
+            v = max(max_exp_avg_sq, exp_avg_sq) (amsgrad, stored back) else exp_avg_sq
+            param -= lr / (1 - beta1^step) * exp_avg / (sqrt(v) / sqrt(1 - beta2^step) + eps)
+
+        The bias corrections are computed once on the host in float64.
+        """
+        self._check_same_dtype(param=param, grad=grad, exp_avg=exp_avg, exp_avg_sq=exp_avg_sq)
+        step_size, bias_correction2_sqrt = adam_scalars(lr, beta1, beta2, step)
+        xp = self.xp
+        g = grad + weight_decay * param if weight_decay else grad
+        exp_avg += (1 - beta1) * (g - exp_avg)
+        exp_avg_sq *= beta2
+        exp_avg_sq += (1 - beta2) * g * g
+        if amsgrad:
+            xp.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
+            v = max_exp_avg_sq
+        else:
+            v = exp_avg_sq
+        param -= step_size * (exp_avg / (xp.sqrt(v) / bias_correction2_sqrt + eps))
+
+
+def adam_scalars(lr: float, beta1: float, beta2: float, step: int) -> tuple[float, float]:
+    """Host-side Adam scalars in float64: ``(lr / (1 - beta1^step), sqrt(1 - beta2^step))``."""
+    if step < 1:
+        raise ValueError(f"Adam's step counts from 1, got {step}")
+    return lr / (1.0 - beta1**step), math.sqrt(1.0 - beta2**step)

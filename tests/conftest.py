@@ -1,0 +1,38 @@
+"""Shared fixtures: every test that takes ``device`` runs on each backend.
+
+The cuda parameter is always generated, marked ``gpu``, and skipped with a
+reason when no GPU is usable, so the same module runs unchanged on a GPU machine.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from fusednn.backends.registry import cuda_device_count
+
+HAS_GPU = cuda_device_count() > 0
+GPU_SKIP_REASON = "needs a usable CUDA GPU (CuPy installed and a GPU visible)"
+
+_gpu = pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not HAS_GPU, reason=GPU_SKIP_REASON)])
+
+
+@pytest.fixture(params=["numpy", "cpu", _gpu])
+def device(request: pytest.FixtureRequest) -> str:
+    """Every device: the NumPy reference, Numba on the CPU, and CUDA when present."""
+    return request.param
+
+
+@pytest.fixture(params=["cpu", _gpu])
+def fast_device(request: pytest.FixtureRequest) -> str:
+    """The optimised devices, each compared against the NumPy reference in tests."""
+    return request.param
+
+
+@pytest.fixture(params=["float32", "float64"])
+def dtype(request: pytest.FixtureRequest) -> str:
+    """Both float dtypes every backend supports."""
+    return request.param
+
+
+# Tolerances per dtype for comparing an optimised backend with the reference.
+TOLERANCES = {"float32": {"rtol": 2e-5, "atol": 2e-6}, "float64": {"rtol": 1e-12, "atol": 1e-13}}
