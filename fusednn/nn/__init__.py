@@ -1,0 +1,50 @@
+"""Neural networks on any fusednn backend: layers, models, losses and optimizers.
+
+>>> import numpy as np
+>>> from fusednn import nn
+>>> model = nn.MLP([2, 8, 2], activation="relu", device="numpy", seed=0)
+>>> loss_fn = nn.get_loss("categorical_crossentropy", device=model.device)
+>>> opt = nn.Adam(model.parameters(), lr=0.01)
+>>> out = model.forward(np.array([[0.0, 1.0]]))
+>>> loss, dout = loss_fn(out, np.array([1]))
+>>> _ = model.backward(dout)
+>>> opt.step()
+"""
+
+from .init import INITIALIZERS
+from .layers import Dense
+from .losses import (
+    LOSSES,
+    BinaryCrossentropy,
+    CategoricalCrossentropy,
+    Loss,
+    MeanAbsoluteError,
+    MeanSquaredError,
+    get_loss,
+)
+from .model import MLP, Sequential
+from .optim import OPTIMIZERS, SGD, Adam, Optimizer, RMSprop, get_optimizer, optimizer_from_config
+from .parameters import ALIGNMENT, Parameters
+
+__all__ = [
+    "ALIGNMENT",
+    "INITIALIZERS",
+    "LOSSES",
+    "MLP",
+    "OPTIMIZERS",
+    "SGD",
+    "Adam",
+    "BinaryCrossentropy",
+    "CategoricalCrossentropy",
+    "Dense",
+    "Loss",
+    "MeanAbsoluteError",
+    "MeanSquaredError",
+    "Optimizer",
+    "Parameters",
+    "RMSprop",
+    "Sequential",
+    "get_loss",
+    "get_optimizer",
+    "optimizer_from_config",
+]

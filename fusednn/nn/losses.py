@@ -1,0 +1,237 @@
+"""Losses on a model's output, each returning ``(loss, dL/dout)`` in one fused backend call.
+
+Every loss averages as PyTorch's ``reduction="mean"`` does and returns the loss as a
+0-d device array (``float(loss)`` reads it; nothing synchronises before that).
+Targets may be NumPy arrays or arrays of the output's device; they are moved there.
+
+Which backend computes: the one named by ``device=`` when the loss was built with one;
+otherwise the GPU that holds a CUDA output, or the default device (``"cpu"`` or
+``$FUSEDNN_DEVICE``) for a host output. Build the loss with ``device=model.device`` to
+run it on exactly the model's backend (this matters only to tell ``"numpy"`` from ``"cpu"``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+import fusednn
+
+from ..backends import Backend
+from ..backends.base import describe_location
+
+Array = Any
+
+
+class Loss:
+    """Base class: ``loss_fn(out, target) -> (loss, dout)``.
+
+    Subclasses set :attr:`name` and :attr:`task` and implement :meth:`_compute`.
+    :attr:`task` (``"multiclass"``, ``"binary"`` or ``"regression"``) and
+    :meth:`predict_proba` / :meth:`predict_labels` let evaluation code turn outputs
+    into predictions without knowing which loss it holds.
+    """
+
+    name: str = ""
+    task: str = "regression"
+
+    def __init__(self, device: str | None = None) -> None:
+        self.device = device
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+    def backend_for(self, out: Array) -> Backend:
+        """The backend that computes on ``out`` (see the module docstring)."""
+        if self.device is not None:
+            return fusednn.backend(self.device)
+        location = describe_location(out)
+        return fusednn.backend(location if location.startswith("cuda:") else None)
+
+    def __call__(self, out: Array, target: Any) -> tuple[Array, Array]:
+        """Return ``(loss, dL/dout)``: a 0-d array and an array of ``out``'s shape, on ``out``'s device.
+
+        Raises:
+            ValueError: ``out`` is not 2-D or the target's shape does not fit it.
+        """
+        backend = self.backend_for(out)
+        out = backend.check(out, "out")
+        if out.ndim != 2:
+            raise ValueError(f"{type(self).__name__} expects outputs of shape (N, C), got {tuple(out.shape)}")
+        if not hasattr(target, "shape") and not hasattr(target, "__cuda_array_interface__"):
+            target = np.asarray(target)
+        if target.ndim == 0 or target.shape[0] != out.shape[0]:
+            raise ValueError(
+                f"Target has shape {tuple(target.shape)} but the output has {out.shape[0]} rows; "
+                "out and target need the same batch size"
+            )
+        return self._compute(backend, out, target)
+
+    def _compute(self, backend: Backend, out: Array, target: Any) -> tuple[Array, Array]:
+        raise NotImplementedError
+
+    def _same_shape_target(self, backend: Backend, out: Array, target: Any) -> Array:
+        """Target as a float array of ``out``'s shape; ``(N,)`` is accepted for one output column."""
+        target = backend.asarray(target, dtype=out.dtype)
+        if target.ndim == 1 and out.shape[1] == 1:
+            target = target.reshape(out.shape)
+        if tuple(target.shape) != tuple(out.shape):
+            raise ValueError(f"Target has shape {tuple(target.shape)}; expected {tuple(out.shape)} like the output")
+        return target
+
+    def predict_proba(self, out: Array) -> Array:
+        """Outputs as the quantity the loss models (probabilities for classification), on the device."""
+        return out
+
+    def predict_labels(self, out: Array) -> np.ndarray:
+        """Predicted class labels as a NumPy int64 array ``(N,)`` (classification losses only).
+
+        Raises:
+            TypeError: the loss is a regression loss.
+        """
+        raise TypeError(f"{type(self).__name__} is a regression loss; it has no class labels")
+
+    def get_config(self) -> dict[str, Any]:
+        """``{"name": ...}``; :func:`get_loss` rebuilds the loss from it."""
+        return {"name": self.name}
+
+
+class MeanSquaredError(Loss):
+    """``loss = mean((out - target)^2)`` over every element (``torch.nn.MSELoss``).
+
+    Target: the output's shape, or ``(N,)`` for one output column.
+    """
+
+    name = "mse"
+
+    def _compute(self, backend: Backend, out: Array, target: Any) -> tuple[Array, Array]:
+        return backend.mean_squared_error(out, self._same_shape_target(backend, out, target))
+
+
+class MeanAbsoluteError(Loss):
+    """``loss = mean(|out - target|)`` over every element (``torch.nn.L1Loss``; gradient 0 where equal).
+
+    Target: the output's shape, or ``(N,)`` for one output column.
+    """
+
+    name = "mae"
+
+    def _compute(self, backend: Backend, out: Array, target: Any) -> tuple[Array, Array]:
+        return backend.mean_absolute_error(out, self._same_shape_target(backend, out, target))
+
+
+class BinaryCrossentropy(Loss):
+    """Sigmoid + binary cross-entropy on logits ``x`` (``torch.nn.BCEWithLogitsLoss``)::
+
+        loss = mean(max(x, 0) - x * t + log(1 + exp(-|x|)))
+
+    Target: probabilities ``t`` in ``[0, 1]`` of the logits' shape, or ``(N,)`` for one output.
+    """
+
+    name = "binary_crossentropy"
+    task = "binary"
+
+    def _compute(self, backend: Backend, out: Array, target: Any) -> tuple[Array, Array]:
+        return backend.binary_cross_entropy_with_logits(out, self._same_shape_target(backend, out, target))
+
+    def predict_proba(self, out: Array) -> Array:
+        """``sigmoid(logits)``."""
+        return self.backend_for(out).activation("sigmoid", out)
+
+    def predict_labels(self, out: Array) -> np.ndarray:
+        """``1`` where the logit is positive, else ``0``; ``(N,)`` for one output, else ``(N, C)``."""
+        labels = (self.backend_for(out).to_numpy(out) > 0).astype(np.int64)
+        return labels[:, 0] if labels.ndim == 2 and labels.shape[1] == 1 else labels
+
+
+class CategoricalCrossentropy(Loss):
+    """Softmax + cross-entropy on logits, fused and stable (``torch.nn.CrossEntropyLoss``).
+
+    With ``log p = log_softmax(logits)``, mean over the ``N`` samples:
+
+    * integer labels ``t (N,)``: ``loss = -mean_i log p[i, t_i]``
+    * probabilities / one-hot ``t (N, C)``: ``loss = -mean_i sum_c t_ic log p_ic``
+
+    NumPy labels are checked on the host (integers in ``[0, C)``); labels already on
+    the device are not range-checked, to avoid a device-to-host synchronisation.
+
+    >>> import numpy as np
+    >>> from fusednn import nn
+    >>> loss, dlogits = nn.CategoricalCrossentropy(device="numpy")(np.zeros((2, 3)), np.array([0, 2]))
+    >>> round(float(loss), 6) == round(float(np.log(3)), 6)
+    True
+    """
+
+    name = "categorical_crossentropy"
+    task = "multiclass"
+
+    def _compute(self, backend: Backend, out: Array, target: Any) -> tuple[Array, Array]:
+        n_classes = out.shape[1]
+        if target.ndim == 1:
+            if isinstance(target, np.ndarray):
+                if target.dtype.kind not in "iuf" or (
+                    target.dtype.kind == "f" and not np.array_equal(target, np.round(target))
+                ):
+                    raise TypeError(f"Class labels must be integers, got an array of dtype {target.dtype.name!r}")
+                if target.size and (target.min() < 0 or target.max() >= n_classes):
+                    raise ValueError(
+                        f"Class labels must lie in [0, {n_classes}) for {n_classes} output columns, "
+                        f"got labels from {target.min()} to {target.max()}"
+                    )
+            return backend.softmax_cross_entropy(out, backend.asindex(target))
+        target = backend.asarray(target, dtype=out.dtype)
+        if tuple(target.shape) != tuple(out.shape):
+            raise ValueError(
+                f"Target has shape {tuple(target.shape)}; expected labels ({out.shape[0]},) "
+                f"or class probabilities {tuple(out.shape)}"
+            )
+        return backend.softmax_cross_entropy(out, target)
+
+    def predict_proba(self, out: Array) -> Array:
+        """``softmax(logits)`` over the classes."""
+        return self.backend_for(out).softmax(out)
+
+    def predict_labels(self, out: Array) -> np.ndarray:
+        """``argmax`` over the classes, ``(N,)``."""
+        return np.argmax(self.backend_for(out).to_numpy(out), axis=1).astype(np.int64)
+
+
+LOSSES: dict[str, type[Loss]] = {
+    cls.name: cls for cls in (MeanSquaredError, MeanAbsoluteError, BinaryCrossentropy, CategoricalCrossentropy)
+}
+"""Loss classes by name."""
+
+_ALIASES = {
+    "mean_squared_error": "mse",
+    "mean_absolute_error": "mae",
+    "bce": "binary_crossentropy",
+    "cross_entropy": "categorical_crossentropy",
+    "sparse_categorical_crossentropy": "categorical_crossentropy",
+}
+
+
+def get_loss(loss: str | dict[str, Any] | Loss, device: str | None = None) -> Loss:
+    """Return a loss for a name, a :meth:`Loss.get_config` dict, or a :class:`Loss` (returned as is).
+
+    Names: ``"mse"``, ``"mae"``, ``"binary_crossentropy"``, ``"categorical_crossentropy"``
+    (also ``"mean_squared_error"``, ``"mean_absolute_error"``, ``"bce"``, ``"cross_entropy"``,
+    ``"sparse_categorical_crossentropy"``). ``device`` pins the backend that computes.
+
+    >>> get_loss("categorical_crossentropy")
+    CategoricalCrossentropy()
+
+    Raises:
+        ValueError: unknown name.
+        TypeError: ``loss`` is none of the accepted kinds.
+    """
+    if isinstance(loss, Loss):
+        return loss
+    if isinstance(loss, dict):
+        loss = loss.get("name")
+    if not isinstance(loss, str):
+        raise TypeError(f"Expected a loss name, config dict or nn.Loss, got {type(loss).__name__}")
+    key = _ALIASES.get(loss.lower(), loss.lower())
+    if key not in LOSSES:
+        raise ValueError(f"Unknown loss {loss!r}; expected one of {', '.join(LOSSES)}")
+    return LOSSES[key](device=device)

@@ -1,0 +1,321 @@
+"""Models: :class:`Sequential` (a stack of layers over one flat parameter buffer) and :class:`MLP`."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+import fusednn
+
+from ..backends import Backend, resolve_dtype
+from .layers import Dense
+from .parameters import Parameters
+
+Array = Any
+
+
+class Sequential:
+    """Layers applied in order, with every parameter in one flat buffer.
+
+    Args:
+        layers: :class:`Dense` layers; each one's ``in_features`` must equal the previous ``out_features``.
+        device: ``"numpy"``, ``"cpu"``, ``"cuda"``/``"cuda:N"`` or ``None`` for the default device.
+        dtype: ``"float32"`` (default) or ``"float64"``.
+        seed: seeds the NumPy Generator that draws the initial weights on the host, so one
+            seed gives the same weights on every device; ``None`` draws fresh ones.
+
+    >>> import numpy as np
+    >>> from fusednn import nn
+    >>> model = nn.Sequential([nn.Dense(4, 8, activation="relu"), nn.Dense(8, 3)], device="numpy", seed=0)
+    >>> out = model.forward(np.ones((5, 4)))          # (5, 3) device array, kept for backward
+    >>> loss, dout = nn.get_loss("mse", device="numpy")(out, np.zeros((5, 3)))
+    >>> dx = model.backward(dout)                      # sets every gradient
+    >>> [w.shape for w in model.get_gradients()]
+    [(4, 8), (8,), (8, 3), (3,)]
+
+    Raises:
+        ValueError: no layers, or consecutive layer sizes disagree.
+        TypeError: a layer is not a :class:`Dense`.
+    """
+
+    def __init__(
+        self,
+        layers: Sequence[Dense],
+        device: str | None = None,
+        dtype: Any = "float32",
+        seed: int | None = None,
+    ) -> None:
+        layers = list(layers)
+        if not layers:
+            raise ValueError("Sequential needs at least one layer")
+        for index, layer in enumerate(layers):
+            if not isinstance(layer, Dense):
+                raise TypeError(f"Layer {index} is a {type(layer).__name__}; expected nn.Dense")
+            if layer.backend is not None:
+                raise ValueError(f"Layer {index} already belongs to a model; build a new nn.Dense")
+        for index in range(1, len(layers)):
+            prev, layer = layers[index - 1], layers[index]
+            if layer.in_features != prev.out_features:
+                raise ValueError(
+                    f"Layer {index} expects {layer.in_features} input features but layer {index - 1} "
+                    f"outputs {prev.out_features}"
+                )
+        self.layers = layers
+        self.seed = seed
+        self.backend: Backend = fusednn.backend(device)
+        shapes = [shape for layer in layers for shape in layer.parameter_shapes]
+        self._params = Parameters(shapes, self.backend, resolve_dtype(dtype))
+        self._bind()
+        rng = np.random.default_rng(seed)
+        self.set_weights([w for layer in layers for w in layer.initial_values(rng)])
+
+    def _bind(self) -> None:
+        params, grads = self._params.views(), self._params.grad_views()
+        start = 0
+        for layer in self.layers:
+            n = len(layer.parameter_shapes)
+            layer.bind(self.backend, params[start : start + n], grads[start : start + n])
+            start += n
+
+    def __repr__(self) -> str:
+        inner = ", ".join(repr(layer) for layer in self.layers)
+        return f"{type(self).__name__}([{inner}], device={self.device!r}, dtype={self.dtype.name!r})"
+
+    # ---------------------------------------------------------------- properties
+
+    @property
+    def device(self) -> str:
+        """Canonical device string, e.g. ``"cpu"`` or ``"cuda:0"``."""
+        return self.backend.name
+
+    @property
+    def dtype(self) -> np.dtype:
+        """The dtype of every parameter and activation."""
+        return self._params.dtype
+
+    @property
+    def in_features(self) -> int:
+        """Input width of the first layer."""
+        return self.layers[0].in_features
+
+    @property
+    def out_features(self) -> int:
+        """Output width of the last layer."""
+        return self.layers[-1].out_features
+
+    def parameters(self) -> Parameters:
+        """The flat parameter/gradient buffers; what optimizers take."""
+        return self._params
+
+    def count_params(self) -> int:
+        """Number of trainable parameters (padding excluded)."""
+        return self._params.count
+
+    # ------------------------------------------------------------------ compute
+
+    def _input(self, x: Any) -> Array:
+        x = self.backend.asarray(x, dtype=self.dtype)
+        if x.ndim != 2:
+            raise ValueError(f"Expected input of shape (N, {self.in_features}), got an array of shape {tuple(x.shape)}")
+        if x.shape[1] != self.in_features:
+            raise ValueError(
+                f"Layer 0 ({type(self.layers[0]).__name__}) expects {self.in_features} input features, got {x.shape[1]}"
+            )
+        return x
+
+    def forward(self, x: Any) -> Array:
+        """Run every layer on ``x (N, in_features)`` and keep what :meth:`backward` needs.
+
+        ``x`` is a NumPy array or an array of this model's device; it is converted to the
+        model's dtype. Returns the output ``(N, out_features)`` on the model's device.
+
+        Raises:
+            ValueError: ``x`` is not 2-D or has the wrong number of features.
+        """
+        h = self._input(x)
+        for layer in self.layers:
+            h = layer.forward(h)
+        return h
+
+    __call__ = forward
+
+    def backward(self, dout: Any, need_input_grad: bool = True) -> Array | None:
+        """Backpropagate ``dL/dout`` through the last forward pass.
+
+        Sets (does not accumulate) every gradient in :attr:`Parameters.grad`, including the
+        gradient of the L1/L2 penalties. Returns ``dL/dx (N, in_features)``, or ``None`` when
+        ``need_input_grad`` is false (which saves the first layer's ``dz W^T`` product).
+
+        Raises:
+            RuntimeError: no forward pass since the model was built or moved.
+            ValueError: ``dout`` does not have the shape of the last output.
+        """
+        if any(layer._cache is None for layer in self.layers):
+            raise RuntimeError("backward() called before forward(): run model.forward(x) first")
+        grad = self.backend.asarray(dout, dtype=self.dtype)
+        expected = self.layers[-1]._cache[2].shape
+        if tuple(grad.shape) != tuple(expected):
+            raise ValueError(f"dout has shape {tuple(grad.shape)}; expected the output's shape {tuple(expected)}")
+        last = len(self.layers) - 1
+        for index in range(last, -1, -1):
+            grad = self.layers[index].backward(grad, need_input_grad=need_input_grad or index > 0)
+        return grad
+
+    def predict(self, x: Any, batch_size: int | None = None) -> np.ndarray:
+        """The model's output for ``x`` as a NumPy array, in batches of ``batch_size`` rows (all at once if ``None``).
+
+        Keeps nothing for backward.
+        """
+        x = self._input(x)
+        n = x.shape[0]
+        if batch_size is None:
+            batch_size = max(n, 1)
+        elif isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer or None, got {batch_size!r}")
+        chunks = []
+        for start in range(0, n, batch_size):
+            h = x[start : start + batch_size]
+            for layer in self.layers:
+                h = layer.forward(h, keep=False)
+            chunks.append(self.backend.to_numpy(h))
+        if not chunks:
+            return np.zeros((0, self.out_features), dtype=self.dtype)
+        return np.concatenate(chunks, axis=0)
+
+    def regularization_loss(self) -> Array:
+        """Sum of every layer's L1/L2 penalty, a 0-d device array (zero when no layer has one)."""
+        total = self.backend.zeros((), self.dtype)
+        for layer in self.layers:
+            if layer.has_penalty:
+                total = total + layer.regularization_loss()
+        return total
+
+    # ------------------------------------------------------------------ weights
+
+    def get_weights(self) -> list[np.ndarray]:
+        """NumPy copies ``[W1 (in, out), b1 (out,), W2, b2, ...]``."""
+        return [np.array(self.backend.to_numpy(v)) for v in self._params.views()]
+
+    def get_gradients(self) -> list[np.ndarray]:
+        """NumPy copies of the gradients, laid out as :meth:`get_weights`."""
+        return [np.array(self.backend.to_numpy(g)) for g in self._params.grad_views()]
+
+    def set_weights(self, weights: Sequence[Any]) -> None:
+        """Copy ``weights`` (laid out as :meth:`get_weights`) into the model, cast to its dtype.
+
+        Raises:
+            ValueError: wrong number of arrays, or an array of the wrong shape.
+            TypeError: an array is not floating point.
+        """
+        weights = list(weights)
+        shapes = self._params.shapes
+        if len(weights) != len(shapes):
+            raise ValueError(f"Expected {len(shapes)} weight arrays, got {len(weights)}")
+        checked = []
+        for index, (w, shape) in enumerate(zip(weights, shapes, strict=True)):
+            w = self.backend.to_numpy(w) if hasattr(w, "__cuda_array_interface__") else np.asarray(w)
+            if w.dtype.kind != "f":
+                raise TypeError(f"Weight {index} has dtype {w.dtype.name!r}; expected a floating-point array")
+            if tuple(w.shape) != shape:
+                raise ValueError(f"Weight {index} has shape {tuple(w.shape)}; expected {shape}")
+            checked.append(w)
+        for view, w in zip(self._params.views(), checked, strict=True):
+            view[...] = self.backend.asarray(w, dtype=self.dtype)
+
+    def state_dict(self) -> dict[str, np.ndarray]:
+        """Weights by name (``"0.W"``, ``"0.b"``, ``"1.W"``, ...) as NumPy copies."""
+        names = [f"{i}.{p}" for i, layer in enumerate(self.layers) for p in ("W", "b")[: len(layer.parameter_shapes)]]
+        return dict(zip(names, self.get_weights(), strict=True))
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Load weights saved by :meth:`state_dict`.
+
+        Raises:
+            KeyError: a weight is missing or an unexpected one is present.
+            ValueError, TypeError: as :meth:`set_weights`.
+        """
+        expected = list(self.state_dict())
+        missing = [k for k in expected if k not in state]
+        extra = [k for k in state if k not in expected]
+        if missing or extra:
+            raise KeyError(f"State dict does not match the model: missing {missing}, unexpected {extra}")
+        self.set_weights([state[k] for k in expected])
+
+    # ------------------------------------------------------------ config & move
+
+    def get_config(self) -> dict[str, Any]:
+        """The architecture as plain Python values; :meth:`from_config` rebuilds it (weights not included)."""
+        return {"layers": [layer.get_config() for layer in self.layers], "dtype": self.dtype.name, "seed": self.seed}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], device: str | None = None, dtype: Any = None) -> Sequential:
+        """Build a :class:`Sequential` from :meth:`get_config` output; ``dtype=None`` uses the config's.
+
+        >>> from fusednn import nn
+        >>> m = nn.MLP([2, 3, 1], device="numpy", seed=1)
+        >>> nn.Sequential.from_config(m.get_config(), device="numpy").get_weights()[0].shape
+        (2, 3)
+        """
+        layers = [Dense(**cfg) for cfg in config["layers"]]
+        return Sequential(
+            layers,
+            device=device,
+            dtype=config.get("dtype", "float32") if dtype is None else dtype,
+            seed=config.get("seed"),
+        )
+
+    def to(self, device: str) -> Sequential:
+        """Move weights and gradients, exactly, to ``device``; returns ``self``.
+
+        Optimizers built on :meth:`parameters` keep working: they move their state on their next step.
+        The forward cache is dropped, so run forward again before backward.
+        """
+        backend = fusednn.backend(device)
+        if backend is not self.backend:
+            self._params.to(backend)
+            self.backend = backend
+            self._bind()
+        return self
+
+
+class MLP(Sequential):
+    """A multi-layer perceptron: :class:`Dense` layers of the given sizes.
+
+    Args:
+        sizes: ``[in, hidden..., out]``, at least two entries.
+        activation: activation of every hidden layer.
+        output_activation: activation of the last layer (``None``: identity, i.e. logits).
+        l1, l2, init: passed to every layer.
+        device, dtype, seed: as :class:`Sequential`.
+
+    >>> from fusednn import nn
+    >>> model = nn.MLP([784, 256, 256, 10], activation="relu", device="numpy", seed=0)
+    >>> [layer.activation for layer in model.layers]
+    ['relu', 'relu', 'identity']
+
+    ``get_config`` describes the layers, so ``Sequential.from_config`` rebuilds an MLP as a Sequential.
+    """
+
+    def __init__(
+        self,
+        sizes: Sequence[int],
+        activation: str = "relu",
+        output_activation: str | None = None,
+        device: str | None = None,
+        dtype: Any = "float32",
+        seed: int | None = None,
+        l1: float = 0.0,
+        l2: float = 0.0,
+        init: str = "auto",
+    ) -> None:
+        sizes = list(sizes)
+        if len(sizes) < 2:
+            raise ValueError(f"MLP sizes need at least an input and an output width, got {sizes}")
+        last = len(sizes) - 2
+        layers = [
+            Dense(n_in, n_out, activation=output_activation if i == last else activation, l1=l1, l2=l2, init=init)
+            for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:], strict=True))
+        ]
+        super().__init__(layers, device=device, dtype=dtype, seed=seed)
