@@ -360,13 +360,7 @@ class Backend:
 
         Returns ``dx (N, in)`` or ``None``.
         """
-        check_activation(activation)
-        self._check_dense_shapes(x, W, db)
-        self._check_same_dtype(x=x, z=z, y=y, dy=dy, dW=dW, db=db)
-        n, n_out = x.shape[0], W.shape[1]
-        for name, arr in (("z", z), ("y", y), ("dy", dy)):
-            self._check_shape(arr, (n, n_out), name)
-        self._check_shape(dW, W.shape, "dW")
+        self._check_dense_backward(x, W, z, y, dy, activation, dW, db)
         if activation == "identity":
             dz = dy
         else:
@@ -375,11 +369,25 @@ class Backend:
         self.matmul(x, dz, transpose_a=True, out=dW)
         return self.matmul(dz, W, transpose_b=True) if need_dx else None
 
+    def _check_dense_backward(
+        self, x: Array, W: Array, z: Array, y: Array, dy: Array, activation: str, dW: Array, db: Array
+    ) -> int:
+        """Check :meth:`dense_backward`'s arguments; return the activation code."""
+        code = check_activation(activation)
+        self._check_dense_shapes(x, W, db)
+        self._check_same_dtype(x=x, z=z, y=y, dy=dy, dW=dW, db=db)
+        n, n_out = x.shape[0], W.shape[1]
+        for name, arr in (("z", z), ("y", y), ("dy", dy)):
+            self._check_shape(arr, (n, n_out), name)
+        self._check_shape(dW, W.shape, "dW")
+        return code
+
     def _check_dense_shapes(self, x: Array, W: Array, b: Array) -> None:
         self._check_same_dtype(x=x, W=W, b=b)
         if x.ndim != 2 or W.ndim != 2 or b.ndim != 1:
             raise ValueError(
-                f"dense expects x (N, in), W (in, out), b (out,); got {tuple(x.shape)}, {tuple(W.shape)}, {tuple(b.shape)}"
+                "dense expects x (N, in), W (in, out), b (out,); "
+                f"got {tuple(x.shape)}, {tuple(W.shape)}, {tuple(b.shape)}"
             )
         if x.shape[1] != W.shape[0] or b.shape[0] != W.shape[1]:
             raise ValueError(
@@ -402,7 +410,7 @@ class Backend:
 
         Returns ``(loss as a 0-d array, dlogits (N, C))``. Labels must lie in ``[0, C)``.
         """
-        self.check(logits, "logits")
+        target = self._check_cross_entropy_target(logits, target)
         n = logits.shape[0]
         log_p = self.log_softmax(logits)
         p = self.xp.exp(log_p)
@@ -413,10 +421,35 @@ class Backend:
             grad[rows, target] -= 1
             grad /= n
         else:
-            self._check_same_dtype(logits=logits, target=target)
             loss = -(target * log_p).sum() / n
             grad = (p * target.sum(axis=1, keepdims=True) - target) / n
         return loss.astype(logits.dtype), grad
+
+    def _check_cross_entropy_target(self, logits: Array, target: Array) -> Array:
+        """Check :meth:`softmax_cross_entropy`'s operands; return ``target`` (labels as int64).
+
+        Raises:
+            ValueError: wrong shapes, an empty batch, or a label outside ``[0, C)``.
+            TypeError: wrong dtypes (labels must be integers, probabilities the logits' dtype).
+        """
+        self.check(logits, "logits")
+        if logits.ndim != 2 or logits.shape[0] == 0 or logits.shape[1] == 0:
+            raise ValueError(f"logits must have shape (N, C) with N, C >= 1, got {tuple(logits.shape)}")
+        n, n_classes = logits.shape
+        if getattr(target, "ndim", None) == 1:
+            if not isinstance(target, self.xp.ndarray) or target.dtype.kind not in "iu":
+                raise TypeError(
+                    f"Class labels must be an integer array of this backend (see asindex), got {type(target).__name__}"
+                    f" of dtype {getattr(target, 'dtype', None)}"
+                )
+            self._check_shape(target, (n,), "labels")
+            low, high = int(target.min()), int(target.max())
+            if low < 0 or high >= n_classes:
+                raise ValueError(f"Class labels must lie in [0, {n_classes}), got values in [{low}, {high}]")
+            return target.astype(np.int64, copy=False)
+        self._check_same_dtype(logits=logits, target=target)
+        self._check_shape(target, (n, n_classes), "target")
+        return target
 
     def binary_cross_entropy_with_logits(self, logits: Array, target: Array) -> tuple[Array, Array]:
         """Sigmoid + binary cross-entropy on logits, mean over elements (as ``BCEWithLogitsLoss``).
@@ -466,6 +499,25 @@ class Backend:
     # Each step updates a flat parameter buffer in place with exactly the rule
     # that torch.optim documents (single-tensor, non-maximising implementation).
 
+    def _check_optimizer_state(self, param: Array, grad: Array, **state: tuple[Array | None, bool]) -> None:
+        """Check that ``grad`` and each state buffer match ``param``'s dtype and shape.
+
+        ``state`` maps a buffer's name to ``(buffer, needed)``; a needed buffer must not be ``None``.
+
+        Raises:
+            ValueError: a needed buffer is ``None`` or a shape differs from ``param``'s.
+            TypeError: a dtype differs or is not float32/float64.
+        """
+        arrays = {"param": param, "grad": grad}
+        for name, (buffer, needed) in state.items():
+            if buffer is not None:
+                arrays[name] = buffer
+            elif needed:
+                raise ValueError(f"{name} is required by these hyperparameters but is None")
+        self._check_same_dtype(**arrays)
+        for name, array in arrays.items():
+            self._check_shape(array, param.shape, name)
+
     def sgd_step(
         self,
         param: Array,
@@ -489,7 +541,7 @@ class Backend:
 
         ``momentum_buffer`` may be ``None`` when ``momentum == 0``.
         """
-        self._check_same_dtype(param=param, grad=grad)
+        self._check_optimizer_state(param, grad, momentum_buffer=(momentum_buffer, bool(momentum)))
         g = grad + weight_decay * param if weight_decay else grad
         if momentum:
             if first_step:
@@ -524,7 +576,13 @@ class Backend:
             buf = momentum * buf + g / avg; param -= lr * buf   (momentum > 0)
             param -= lr * g / avg                               (otherwise)
         """
-        self._check_same_dtype(param=param, grad=grad, square_avg=square_avg)
+        self._check_optimizer_state(
+            param,
+            grad,
+            square_avg=(square_avg, True),
+            grad_avg=(grad_avg, centered),
+            momentum_buffer=(momentum_buffer, momentum > 0),
+        )
         xp = self.xp
         g = grad + weight_decay * param if weight_decay else grad
         square_avg *= alpha
@@ -568,7 +626,13 @@ class Backend:
 
         The bias corrections are computed once on the host in float64.
         """
-        self._check_same_dtype(param=param, grad=grad, exp_avg=exp_avg, exp_avg_sq=exp_avg_sq)
+        self._check_optimizer_state(
+            param,
+            grad,
+            exp_avg=(exp_avg, True),
+            exp_avg_sq=(exp_avg_sq, True),
+            max_exp_avg_sq=(max_exp_avg_sq, amsgrad),
+        )
         step_size, bias_correction2_sqrt = adam_scalars(lr, beta1, beta2, step)
         xp = self.xp
         g = grad + weight_decay * param if weight_decay else grad
