@@ -1,0 +1,189 @@
+"""Feature scaling, one-hot encoding and a seeded train/validation split, on host NumPy arrays.
+
+The scalers follow scikit-learn's ``fit`` / ``transform`` protocol and its
+definitions; their fitted statistics round-trip through :meth:`state_dict` so a
+checkpoint can carry the preprocessing a model was trained with.
+
+>>> import numpy as np
+>>> from fusednn.nn.data import StandardScaler
+>>> x = np.array([[0.0, 10.0], [2.0, 30.0]])
+>>> StandardScaler().fit(x).transform(x)
+array([[-1., -1.],
+       [ 1.,  1.]])
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def _as_matrix(x: Any, name: str = "x") -> np.ndarray:
+    x = np.asarray(x)
+    if x.ndim != 2 or x.shape[0] == 0:
+        raise ValueError(f"{name} must be a non-empty 2-D array (samples, features), got shape {x.shape}")
+    if x.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold numbers, got dtype {x.dtype.name!r}")
+    return x
+
+
+class _Scaler:
+    """Shared protocol: an affine map ``x * scale + offset`` per feature, fitted on training data."""
+
+    _fields: tuple[str, ...] = ()
+
+    def __init__(self) -> None:
+        self.scale_: np.ndarray | None = None
+        self.offset_: np.ndarray | None = None
+
+    def _fit_statistics(self, x: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def fit(self, x: Any) -> _Scaler:
+        """Learn the per-feature statistics of ``x (N, F)``; returns ``self``."""
+        self._fit_statistics(_as_matrix(x).astype(np.float64))
+        return self
+
+    def _require_fitted(self) -> None:
+        if self.scale_ is None:
+            raise RuntimeError(f"{type(self).__name__} is not fitted; call fit(x) first")
+
+    def _check_fitted(self, x: Any) -> np.ndarray:
+        self._require_fitted()
+        x = _as_matrix(x)
+        if x.shape[1] != self.scale_.shape[0]:
+            raise ValueError(f"{type(self).__name__} was fitted on {self.scale_.shape[0]} features; x has {x.shape[1]}")
+        return x
+
+    def transform(self, x: Any) -> np.ndarray:
+        """Scale ``x (N, F)``; float32/float64 inputs keep their dtype, other numbers become float32."""
+        x = self._check_fitted(x)
+        dtype = x.dtype if x.dtype.kind == "f" and x.dtype.itemsize >= 4 else np.float32
+        return (x * self.scale_ + self.offset_).astype(dtype, copy=False)
+
+    def fit_transform(self, x: Any) -> np.ndarray:
+        """``fit(x)`` then ``transform(x)``."""
+        return self.fit(x).transform(x)
+
+    def inverse_transform(self, x: Any) -> np.ndarray:
+        """Undo :meth:`transform`."""
+        x = self._check_fitted(x)
+        return ((x - self.offset_) / self.scale_).astype(x.dtype if x.dtype.kind == "f" else np.float32, copy=False)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The fitted statistics as JSON-able lists (for checkpoints' ``extra``)."""
+        self._require_fitted()
+        return {"type": type(self).__name__, "scale": self.scale_.tolist(), "offset": self.offset_.tolist()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> _Scaler:
+        """Restore statistics saved by :meth:`state_dict`; returns ``self``."""
+        if state.get("type") != type(self).__name__:
+            raise ValueError(f"This state belongs to a {state.get('type')!r}, not a {type(self).__name__}")
+        self.scale_ = np.asarray(state["scale"], dtype=np.float64)
+        self.offset_ = np.asarray(state["offset"], dtype=np.float64)
+        return self
+
+
+class MinMaxScaler(_Scaler):
+    """Scale each feature to ``[0, 1]`` on the training data, as ``sklearn.preprocessing.MinMaxScaler``.
+
+    ``x' = (x - min) / (max - min)``; a constant feature gets range 1 (so it maps to 0).
+
+    >>> MinMaxScaler().fit_transform(np.array([[1.0], [3.0], [2.0]])).ravel()
+    array([0. , 1. , 0.5])
+    """
+
+    def _fit_statistics(self, x: np.ndarray) -> None:
+        low, high = x.min(axis=0), x.max(axis=0)
+        span = high - low
+        span[span == 0] = 1.0
+        self.scale_ = 1.0 / span
+        self.offset_ = -low * self.scale_
+
+
+class StandardScaler(_Scaler):
+    """Standardise each feature to zero mean and unit variance, as ``sklearn.preprocessing.StandardScaler``.
+
+    ``x' = (x - mean) / std`` with the population standard deviation (``ddof=0``);
+    a constant feature gets ``std = 1``.
+    """
+
+    def _fit_statistics(self, x: np.ndarray) -> None:
+        mean, std = x.mean(axis=0), x.std(axis=0)
+        std[std == 0] = 1.0
+        self.scale_ = 1.0 / std
+        self.offset_ = -mean * self.scale_
+
+
+SCALERS: dict[str, type[_Scaler]] = {"minmax": MinMaxScaler, "standard": StandardScaler}
+"""Scalers by the names the command line uses."""
+
+
+def one_hot(labels: Any, num_classes: int | None = None, dtype: Any = np.float32) -> np.ndarray:
+    """Encode integer labels ``(N,)`` in ``[0, C)`` as rows of a ``(N, C)`` identity.
+
+    ``num_classes`` defaults to ``max(labels) + 1``.
+
+    >>> one_hot([0, 2, 1])
+    array([[1., 0., 0.],
+           [0., 0., 1.],
+           [0., 1., 0.]], dtype=float32)
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 1:
+        raise ValueError(f"labels must be a 1-D vector, got shape {labels.shape}")
+    if labels.dtype.kind not in "iu":
+        if labels.dtype.kind != "f" or not np.all(labels == np.round(labels)):
+            raise TypeError(f"labels must be integers, got dtype {labels.dtype.name!r}")
+        labels = labels.astype(np.int64)
+    if num_classes is None:
+        num_classes = int(labels.max()) + 1 if labels.size else 0
+    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"labels must lie in [0, {num_classes}), got values in [{labels.min()}, {labels.max()}]")
+    out = np.zeros((labels.shape[0], num_classes), dtype=dtype)
+    out[np.arange(labels.shape[0]), labels] = 1
+    return out
+
+
+def train_val_split(
+    x: Any, y: Any, val_fraction: float = 0.1, seed: int = 0, stratify: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Split ``(x, y)`` into ``(x_train, y_train, x_val, y_val)`` by a seeded permutation.
+
+    ``val_fraction`` of the rows (rounded, at least one) go to validation. With
+    ``stratify=True`` each class is split on its own so both parts keep the
+    class proportions (``y`` must then be labels). The same ``seed`` gives the
+    same split on every machine (NumPy's ``Generator`` with PCG64).
+
+    >>> x, y = np.arange(20).reshape(10, 2), np.arange(10) % 2
+    >>> [part.shape[0] for part in train_val_split(x, y, 0.2, seed=0)]
+    [8, 8, 2, 2]
+    """
+    x, y = np.asarray(x), np.asarray(y)
+    if x.shape[0] != y.shape[0]:
+        raise ValueError(f"x and y hold different numbers of samples: {x.shape[0]} vs {y.shape[0]}")
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must lie strictly between 0 and 1, got {val_fraction}")
+    n = x.shape[0]
+    if n < 2:
+        raise ValueError(f"Need at least 2 samples to split, got {n}")
+    rng = np.random.default_rng(seed)
+    if stratify:
+        if y.ndim != 1:
+            raise ValueError(f"stratify=True needs 1-D class labels, got y of shape {y.shape}")
+        val_parts, train_parts = [], []
+        for label in np.unique(y):
+            members = rng.permutation(np.flatnonzero(y == label))
+            n_val = int(round(val_fraction * len(members)))
+            val_parts.append(members[:n_val])
+            train_parts.append(members[n_val:])
+        val_index = rng.permutation(np.concatenate(val_parts))
+        train_index = rng.permutation(np.concatenate(train_parts))
+    else:
+        order = rng.permutation(n)
+        n_val = min(max(int(round(val_fraction * n)), 1), n - 1)
+        val_index, train_index = order[:n_val], order[n_val:]
+    if len(val_index) == 0 or len(train_index) == 0:
+        raise ValueError(f"val_fraction={val_fraction} leaves one part empty with {n} samples")
+    return x[train_index], y[train_index], x[val_index], y[val_index]
