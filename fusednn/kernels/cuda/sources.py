@@ -1,0 +1,254 @@
+"""The CUDA C sources, their kernel signatures and the one set of compile options.
+
+Everything that compiles the ``.cu`` files reads from here: the backend's
+``cupy.RawModule`` and the GPU-free checks in the tests (NVRTC, ``nvcc`` and
+``g++`` with the CPU shim). So the compile options, the template
+instantiations and the argument types a launch passes come from one place.
+
+The activation codes and constants are not written in the ``.cu`` files; they
+arrive as ``-D`` defines generated from :mod:`fusednn.kernels.activation_codes`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .. import activation_codes as codes
+
+SOURCE_DIR = Path(__file__).resolve().parent
+"""Folder holding the ``.cu`` files."""
+
+SOURCE_FILES: tuple[str, ...] = ("activations.cu", "losses.cu", "optimizers.cu")
+"""Every CUDA C source; each is compiled into one ``cupy.RawModule``."""
+
+C_TYPES: dict[np.dtype, str] = {
+    np.dtype(np.float32): "float",
+    np.dtype(np.float64): "double",
+}
+"""The C type each template is instantiated for, by NumPy dtype."""
+
+
+def compile_defines() -> tuple[str, ...]:
+    """The ``-D`` defines that give the kernels the activation codes and constants.
+
+    >>> "-DFUSEDNN_ACT_RELU=3" in compile_defines()
+    True
+    """
+    defines = [
+        f"-DFUSEDNN_ACT_{name.upper()}={code}"
+        for name, code in codes.ACTIVATION_CODES.items()
+    ]
+    constants = {
+        "LEAKY_RELU_SLOPE": codes.LEAKY_RELU_SLOPE,
+        "ELU_ALPHA": codes.ELU_ALPHA,
+        "SELU_ALPHA": codes.SELU_ALPHA,
+        "SELU_SCALE": codes.SELU_SCALE,
+        "SOFTPLUS_THRESHOLD": codes.SOFTPLUS_THRESHOLD,
+        "SQRT_HALF": math.sqrt(0.5),
+        "INV_SQRT_2PI": 1.0 / math.sqrt(2.0 * math.pi),
+    }
+    # repr() round-trips a float exactly; every value is written as a double literal.
+    defines += [
+        f"-DFUSEDNN_{name}={float(value)!r}" for name, value in constants.items()
+    ]
+    return tuple(defines)
+
+
+COMPILE_OPTIONS: tuple[str, ...] = ("-std=c++17", *compile_defines())
+"""Options for every compiler of the sources (CuPy adds ``-arch`` and ``-ftz=true``)."""
+
+
+@dataclass(frozen=True)
+class KernelSpec:
+    """One ``__global__`` template: its source file and its parameters.
+
+    Each parameter is ``(C type, name)``, where the C type is written with
+    ``T`` for the float type: ``"const T*"``, ``"T*"``, ``"const long long*"``,
+    ``"T"``, ``"long long"`` or ``"int"``. The launcher casts and checks
+    arguments by these types, and the compile checks instantiate the template
+    with exactly this signature, so a mismatch with the ``.cu`` fails to build.
+    """
+
+    name: str
+    source: str
+    params: tuple[tuple[str, str], ...]
+
+    def c_params(self, dtype: np.dtype) -> list[str]:
+        """The C parameter types for ``dtype``, e.g. ``["const float*", "int"]``."""
+        return [
+            ctype.replace("T", C_TYPES[np.dtype(dtype)]) for ctype, _ in self.params
+        ]
+
+    def name_expression(self, dtype: np.dtype) -> str:
+        """The instantiation's name for NVRTC, e.g. ``"adam_step<float>"``."""
+        return f"{self.name}<{C_TYPES[np.dtype(dtype)]}>"
+
+
+KERNELS: dict[str, KernelSpec] = {
+    spec.name: spec
+    for spec in (
+        KernelSpec(
+            "activation_forward",
+            "activations.cu",
+            (("const T*", "z"), ("T*", "h"), ("long long", "n"), ("int", "act")),
+        ),
+        KernelSpec(
+            "activation_backward",
+            "activations.cu",
+            (
+                ("const T*", "z"),
+                ("const T*", "h"),
+                ("const T*", "dh"),
+                ("T*", "dz"),
+                ("long long", "n"),
+                ("int", "act"),
+            ),
+        ),
+        KernelSpec(
+            "bias_activation_forward",
+            "activations.cu",
+            (
+                ("T*", "z"),
+                ("const T*", "b"),
+                ("T*", "y"),
+                ("long long", "rows"),
+                ("long long", "cols"),
+                ("int", "act"),
+            ),
+        ),
+        KernelSpec(
+            "activation_grad_bias_reduce",
+            "activations.cu",
+            (
+                ("const T*", "z"),
+                ("const T*", "y"),
+                ("const T*", "dy"),
+                ("T*", "dz"),
+                ("T*", "db"),
+                ("long long", "rows"),
+                ("long long", "cols"),
+                ("long long", "rows_per_chunk"),
+                ("int", "act"),
+            ),
+        ),
+        KernelSpec(
+            "softmax_xent_labels",
+            "losses.cu",
+            (
+                ("const T*", "logits"),
+                ("const long long*", "labels"),
+                ("T*", "grad"),
+                ("T*", "loss"),
+                ("long long", "rows"),
+                ("long long", "cols"),
+                ("T", "inv_n"),
+            ),
+        ),
+        KernelSpec(
+            "softmax_xent_probs",
+            "losses.cu",
+            (
+                ("const T*", "logits"),
+                ("const T*", "target"),
+                ("T*", "grad"),
+                ("T*", "loss"),
+                ("long long", "rows"),
+                ("long long", "cols"),
+                ("T", "inv_n"),
+            ),
+        ),
+        KernelSpec(
+            "sgd_step",
+            "optimizers.cu",
+            (
+                ("T*", "param"),
+                ("const T*", "grad"),
+                ("T*", "momentum_buffer"),
+                ("long long", "n"),
+                ("T", "lr"),
+                ("T", "momentum"),
+                ("T", "one_minus_dampening"),
+                ("T", "weight_decay"),
+                ("int", "use_momentum"),
+                ("int", "nesterov"),
+                ("int", "first_step"),
+            ),
+        ),
+        KernelSpec(
+            "rmsprop_step",
+            "optimizers.cu",
+            (
+                ("T*", "param"),
+                ("const T*", "grad"),
+                ("T*", "square_avg"),
+                ("T*", "grad_avg"),
+                ("T*", "momentum_buffer"),
+                ("long long", "n"),
+                ("T", "lr"),
+                ("T", "alpha"),
+                ("T", "one_minus_alpha"),
+                ("T", "eps"),
+                ("T", "weight_decay"),
+                ("T", "momentum"),
+                ("int", "centered"),
+                ("int", "use_momentum"),
+            ),
+        ),
+        KernelSpec(
+            "adam_step",
+            "optimizers.cu",
+            (
+                ("T*", "param"),
+                ("const T*", "grad"),
+                ("T*", "exp_avg"),
+                ("T*", "exp_avg_sq"),
+                ("T*", "max_exp_avg_sq"),
+                ("long long", "n"),
+                ("T", "step_size"),
+                ("T", "bias_correction2_sqrt"),
+                ("T", "one_minus_beta1"),
+                ("T", "beta2"),
+                ("T", "one_minus_beta2"),
+                ("T", "eps"),
+                ("T", "weight_decay"),
+                ("int", "amsgrad"),
+            ),
+        ),
+    )
+}
+"""Every kernel the backend launches, by name."""
+
+
+def source_path(source: str) -> Path:
+    """Path of one ``.cu`` file.
+
+    Raises:
+        ValueError: ``source`` is not one of :data:`SOURCE_FILES`.
+    """
+    if source not in SOURCE_FILES:
+        raise ValueError(
+            f"Unknown CUDA source {source!r}; expected one of {SOURCE_FILES}"
+        )
+    return SOURCE_DIR / source
+
+
+def source_text(source: str) -> str:
+    """The CUDA C text of one ``.cu`` file."""
+    return source_path(source).read_text(encoding="utf-8")
+
+
+def kernels_in(source: str) -> list[KernelSpec]:
+    """The kernels defined in one ``.cu`` file, in table order."""
+    source_path(source)
+    return [spec for spec in KERNELS.values() if spec.source == source]
+
+
+def name_expressions(source: str) -> list[str]:
+    """Every template instantiation the runtime uses from ``source`` (both dtypes)."""
+    return [
+        spec.name_expression(dtype) for spec in kernels_in(source) for dtype in C_TYPES
+    ]
