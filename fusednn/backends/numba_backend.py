@@ -1,0 +1,405 @@
+"""The CPU backend (``device="cpu"``): BLAS for the GEMMs, fused Numba kernels for everything around them.
+
+:class:`NumbaBackend` overrides the operations that fuse into one pass over
+memory (activations, the dense epilogue and its backward, softmax
+cross-entropy, the optimizer steps) and inherits the rest from the NumPy
+reference in :class:`~fusednn.backends.base.Backend`. GEMMs go to the BLAS
+that NumPy links (``np.matmul`` with ``out=``, called from Python).
+
+Kernels compile on first use (about a second each, per dtype) and are cached
+on disk next to their sources, or under ``$NUMBA_CACHE_DIR``; nothing
+compiles when this module is imported.
+
+Threads:
+
+* Each kernel runs serially below :data:`PARALLEL_MIN_ELEMENTS` elements and on
+  Numba's thread pool above it: waking the threads costs tens of microseconds,
+  more than small kernels take.
+* The pool has ``NUMBA_NUM_THREADS`` threads (default: every core), which
+  this backend respects, as it does ``numba.set_num_threads``.
+* Unless ``NUMBA_THREADING_LAYER`` is set, this module selects Numba's
+  ``workqueue`` threading layer before any parallel kernel runs. Numba's
+  default OpenMP layer spin-waits after each parallel loop, and the spinning
+  threads starved the BLAS call that follows by about 10x on a 2-core machine.
+  The ``workqueue`` layer does not support parallel kernels launched from
+  several Python threads at once; set ``NUMBA_THREADING_LAYER=omp`` or ``tbb``
+  if you need that.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import numba
+import numpy as np
+from scipy.special import erf
+
+from ..kernels.cpu import activations, dense, losses, optim
+from .base import Array, Backend, adam_scalars, check_activation
+from .device import Device
+
+if "NUMBA_THREADING_LAYER" not in os.environ:
+    numba.config.THREADING_LAYER = "workqueue"
+
+PARALLEL_MIN_ELEMENTS = 1_000_000
+"""Kernels over at least this many elements run on Numba's threads; smaller ones run serially."""
+
+
+class NumbaBackend(Backend):
+    """Fused Numba kernels on the CPU around NumPy's BLAS; everything else as the NumPy reference.
+
+    >>> import numpy as np, fusednn
+    >>> be = fusednn.backend("cpu")
+    >>> x = be.asarray(np.ones((4, 3)))
+    >>> W, b = be.asarray(np.ones((3, 2))), be.zeros(2)
+    >>> y, z = be.dense_forward(x, W, b, "relu")
+    >>> y.tolist()
+    [[3.0, 3.0], [3.0, 3.0], [3.0, 3.0], [3.0, 3.0]]
+    """
+
+    kind = "cpu"
+
+    def __init__(self, device: Device) -> None:
+        super().__init__(device, np, erf)
+        #: Threshold for going parallel; tests lower it to exercise the parallel drivers.
+        self.parallel_min_elements = PARALLEL_MIN_ELEMENTS
+
+    def _launch(
+        self, serial: Callable[..., Any], parallel: Callable[..., Any], size: int, rows: int, *args: Any
+    ) -> Any:
+        """Run ``serial(*args)``, or ``parallel(*args, n_chunks)`` when ``size`` elements pay for threads.
+
+        ``rows`` bounds the number of chunks (a chunk is at least one row).
+        """
+        if size >= self.parallel_min_elements and rows > 1:
+            n_chunks = min(numba.get_num_threads(), rows)
+            if n_chunks > 1:
+                return parallel(*args, n_chunks)
+        return serial(*args)
+
+    @staticmethod
+    def _output(out: Array | None, like: Array, name: str = "out") -> tuple[Array, bool]:
+        """A C-contiguous array to compute into, and whether it still has to be copied into ``out``."""
+        if out is None:
+            return np.empty_like(like, order="C"), False
+        if out.shape != like.shape or out.dtype != like.dtype:
+            raise ValueError(
+                f"{name} has shape {tuple(out.shape)} and dtype {out.dtype}; "
+                f"expected {tuple(like.shape)} and {like.dtype}"
+            )
+        if out.flags.c_contiguous:
+            return out, False
+        return np.empty_like(like, order="C"), True
+
+    # ------------------------------------------------------------- activations
+
+    def activation(self, name: str, z: Array, out: Array | None = None) -> Array:
+        """Apply activation ``name`` elementwise in one Numba pass: ``h = act(z)``."""
+        code = check_activation(name)
+        z = np.ascontiguousarray(self.check(z, "z"))
+        h, copy_back = self._output(out, z)
+        self._launch(
+            activations.activation_forward,
+            activations.activation_forward_parallel,
+            z.size,
+            z.size,
+            code,
+            z.reshape(-1),
+            h.reshape(-1),
+        )
+        if copy_back:
+            out[...] = h
+            return out
+        return h
+
+    def activation_backward(self, name: str, z: Array, h: Array, dh: Array, out: Array | None = None) -> Array:
+        """Chain rule through activation ``name`` in one Numba pass: ``dz = dh * act'(z)``."""
+        code = check_activation(name)
+        self._check_same_dtype(z=z, h=h, dh=dh)
+        if not (z.shape == h.shape == dh.shape):
+            raise ValueError(f"z, h and dh must share one shape, got {z.shape}, {h.shape}, {dh.shape}")
+        z, h, dh = (np.ascontiguousarray(a) for a in (z, h, dh))
+        dz, copy_back = self._output(out, z)
+        self._launch(
+            activations.activation_backward,
+            activations.activation_backward_parallel,
+            z.size,
+            z.size,
+            code,
+            z.reshape(-1),
+            h.reshape(-1),
+            dh.reshape(-1),
+            dz.reshape(-1),
+        )
+        if copy_back:
+            out[...] = dz
+            return out
+        return dz
+
+    # ------------------------------------------------------------ dense layer
+
+    def dense_forward(self, x: Array, W: Array, b: Array, activation: str) -> tuple[Array, Array]:
+        """Fused dense layer: BLAS ``z = x @ W``, then one Numba pass ``z += b``, ``y = act(z)``.
+
+        Returns ``(y, z)``; for ``identity`` ``y is z``. Shapes: ``x (N, in)``,
+        ``W (in, out)``, ``b (out,)`` → ``y, z (N, out)``.
+        """
+        code = check_activation(activation)
+        self._check_dense_shapes(x, W, b)
+        z = np.empty((x.shape[0], W.shape[1]), dtype=x.dtype)
+        np.matmul(x, W, out=z)
+        y = z if activation == "identity" else np.empty_like(z)
+        self._launch(
+            dense.bias_activation,
+            dense.bias_activation_parallel,
+            z.size,
+            z.shape[0],
+            code,
+            z,
+            np.ascontiguousarray(b),
+            y,
+        )
+        return y, z
+
+    def dense_backward(
+        self,
+        x: Array,
+        W: Array,
+        z: Array,
+        y: Array,
+        dy: Array,
+        activation: str,
+        dW: Array,
+        db: Array,
+        need_dx: bool = True,
+    ) -> Array | None:
+        """Backward of :meth:`dense_forward`: one Numba pass for ``dz = dy * act'(z)`` and ``db``, then BLAS.
+
+        ``dW = x^T dz`` is written in place into ``dW``; ``db`` is overwritten.
+        Returns ``dx = dz W^T (N, in)``, or ``None`` when not ``need_dx``.
+        """
+        code = self._check_dense_backward(x, W, z, y, dy, activation, dW, db)
+        dy, z, y = (np.ascontiguousarray(a) for a in (dy, z, y))
+        dz = np.empty_like(dy)
+        db_out, copy_back = self._output(db, db, "db")
+        self._launch(
+            dense.activation_grad_bias,
+            dense.activation_grad_bias_parallel,
+            dz.size,
+            dz.shape[0],
+            code,
+            dy,
+            z,
+            y,
+            dz,
+            db_out,
+        )
+        if copy_back:
+            db[...] = db_out
+        np.matmul(x.T, dz, out=dW)
+        return np.matmul(dz, W.T) if need_dx else None
+
+    # ------------------------------------------------------------------ losses
+
+    def softmax_cross_entropy(self, logits: Array, target: Array) -> tuple[Array, Array]:
+        """Fused softmax + cross-entropy (one Numba pass per row); see :meth:`Backend.softmax_cross_entropy`."""
+        target = np.ascontiguousarray(self._check_cross_entropy_target(logits, target))
+        logits = np.ascontiguousarray(logits)
+        grad = np.empty_like(logits)
+        if target.ndim == 1:
+            serial, parallel = losses.cross_entropy_labels, losses.cross_entropy_labels_parallel
+        else:
+            serial, parallel = losses.cross_entropy_probabilities, losses.cross_entropy_probabilities_parallel
+        # The row-parallel drivers take no chunk count: prange splits the rows itself.
+        if logits.size >= self.parallel_min_elements and logits.shape[0] > 1 and numba.get_num_threads() > 1:
+            total = parallel(logits, target, grad)
+        else:
+            total = serial(logits, target, grad)
+        return np.array(total / logits.shape[0], dtype=logits.dtype), grad
+
+    # -------------------------------------------------------------- optimizers
+
+    @staticmethod
+    def _flat_state(param: Array, *buffers: Array | None) -> list[Array] | None:
+        """1-D views of ``param`` and the state buffers (``None`` → an empty placeholder), or ``None``
+        when one is not C-contiguous and cannot be updated in place through a flat view."""
+        arrays = [param, *(b for b in buffers if b is not None)]
+        if not all(a.flags.c_contiguous for a in arrays):
+            return None
+        empty = np.empty(0, dtype=param.dtype)
+        return [param.reshape(-1), *(empty if b is None else b.reshape(-1) for b in buffers)]
+
+    def sgd_step(
+        self,
+        param: Array,
+        grad: Array,
+        momentum_buffer: Array | None,
+        *,
+        lr: float,
+        momentum: float,
+        dampening: float,
+        nesterov: bool,
+        weight_decay: float,
+        first_step: bool,
+    ) -> None:
+        """One fused SGD step (one loop over the flat buffers); the rule is :meth:`Backend.sgd_step`'s."""
+        self._check_optimizer_state(param, grad, momentum_buffer=(momentum_buffer, bool(momentum)))
+        flat = self._flat_state(param, momentum_buffer if momentum else None)
+        if flat is None:
+            return super().sgd_step(
+                param,
+                grad,
+                momentum_buffer,
+                lr=lr,
+                momentum=momentum,
+                dampening=dampening,
+                nesterov=nesterov,
+                weight_decay=weight_decay,
+                first_step=first_step,
+            )
+        dt = param.dtype.type
+        flat_param, flat_buf = flat
+        self._launch(
+            optim.sgd,
+            optim.sgd_parallel,
+            param.size,
+            param.size,
+            flat_param,
+            np.ascontiguousarray(grad).reshape(-1),
+            flat_buf,
+            dt(lr),
+            dt(momentum),
+            dt(1.0 - dampening),
+            bool(nesterov),
+            dt(weight_decay),
+            bool(first_step),
+        )
+
+    def rmsprop_step(
+        self,
+        param: Array,
+        grad: Array,
+        square_avg: Array,
+        grad_avg: Array | None,
+        momentum_buffer: Array | None,
+        *,
+        lr: float,
+        alpha: float,
+        eps: float,
+        weight_decay: float,
+        momentum: float,
+        centered: bool,
+    ) -> None:
+        """One fused RMSprop step (one loop over the flat buffers); the rule is :meth:`Backend.rmsprop_step`'s."""
+        self._check_optimizer_state(
+            param,
+            grad,
+            square_avg=(square_avg, True),
+            grad_avg=(grad_avg, centered),
+            momentum_buffer=(momentum_buffer, momentum > 0),
+        )
+        flat = self._flat_state(
+            param, square_avg, grad_avg if centered else None, momentum_buffer if momentum > 0 else None
+        )
+        if flat is None:
+            return super().rmsprop_step(
+                param,
+                grad,
+                square_avg,
+                grad_avg,
+                momentum_buffer,
+                lr=lr,
+                alpha=alpha,
+                eps=eps,
+                weight_decay=weight_decay,
+                momentum=momentum,
+                centered=centered,
+            )
+        dt = param.dtype.type
+        flat_param, flat_square_avg, flat_grad_avg, flat_buf = flat
+        self._launch(
+            optim.rmsprop,
+            optim.rmsprop_parallel,
+            param.size,
+            param.size,
+            flat_param,
+            np.ascontiguousarray(grad).reshape(-1),
+            flat_square_avg,
+            flat_grad_avg,
+            flat_buf,
+            dt(lr),
+            dt(alpha),
+            dt(1.0 - alpha),
+            dt(eps),
+            dt(weight_decay),
+            dt(momentum),
+            bool(centered),
+        )
+
+    def adam_step(
+        self,
+        param: Array,
+        grad: Array,
+        exp_avg: Array,
+        exp_avg_sq: Array,
+        max_exp_avg_sq: Array | None,
+        *,
+        lr: float,
+        beta1: float,
+        beta2: float,
+        eps: float,
+        weight_decay: float,
+        amsgrad: bool,
+        step: int,
+    ) -> None:
+        """One fused Adam step (one loop over the flat buffers); the rule is :meth:`Backend.adam_step`'s.
+
+        The bias corrections are computed on the host in float64 and passed as scalars of the parameter dtype.
+        """
+        self._check_optimizer_state(
+            param,
+            grad,
+            exp_avg=(exp_avg, True),
+            exp_avg_sq=(exp_avg_sq, True),
+            max_exp_avg_sq=(max_exp_avg_sq, amsgrad),
+        )
+        flat = self._flat_state(param, exp_avg, exp_avg_sq, max_exp_avg_sq if amsgrad else None)
+        if flat is None:
+            return super().adam_step(
+                param,
+                grad,
+                exp_avg,
+                exp_avg_sq,
+                max_exp_avg_sq,
+                lr=lr,
+                beta1=beta1,
+                beta2=beta2,
+                eps=eps,
+                weight_decay=weight_decay,
+                amsgrad=amsgrad,
+                step=step,
+            )
+        step_size, bias_correction2_sqrt = adam_scalars(lr, beta1, beta2, step)
+        dt = param.dtype.type
+        flat_param, flat_exp_avg, flat_exp_avg_sq, flat_max = flat
+        self._launch(
+            optim.adam,
+            optim.adam_parallel,
+            param.size,
+            param.size,
+            flat_param,
+            np.ascontiguousarray(grad).reshape(-1),
+            flat_exp_avg,
+            flat_exp_avg_sq,
+            flat_max,
+            dt(1.0 - beta1),
+            dt(beta2),
+            dt(1.0 - beta2),
+            dt(eps),
+            dt(weight_decay),
+            bool(amsgrad),
+            dt(step_size),
+            dt(bias_correction2_sqrt),
+        )

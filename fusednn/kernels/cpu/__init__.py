@@ -1,0 +1,12 @@
+"""Numba kernels for the CPU backend.
+
+Every kernel is a plain ``@njit(cache=True, error_model="numpy")`` function
+over contiguous arrays and scalars. Where threads pay off a kernel comes as a
+serial and a parallel driver around one shared, inlined body (distinct
+function objects, because Numba's on-disk cache keys by function, not by
+flags). Importing this package imports Numba but compiles nothing; each
+kernel compiles on its first call and is cached on disk.
+
+Modules: :mod:`.common` (dtype-preserving constants, chunk bounds), :mod:`.activations`,
+:mod:`.dense`, :mod:`.losses`, :mod:`.optim`.
+"""

@@ -1,0 +1,154 @@
+"""Activation functions as scalar Numba functions selected by integer code, and elementwise kernels.
+
+:func:`activate` and :func:`derivative` are inlined into every kernel that
+applies an activation (the dense epilogue and backward, the elementwise
+kernels here). The code is a runtime argument: the branch on it is loop
+invariant, so LLVM hoists it out of the loop and cheap activations (relu,
+leaky_relu, identity) still vectorise. Codes come from
+:mod:`fusednn.kernels.activation_codes`; the maths matches the reference
+backend and PyTorch (exact-erf GELU, softplus threshold 20).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numba
+import numpy as np
+from numba import njit
+
+from ..activation_codes import (
+    ACTIVATION_CODES,
+    ELU_ALPHA,
+    LEAKY_RELU_SLOPE,
+    SELU_ALPHA,
+    SELU_SCALE,
+    SOFTPLUS_THRESHOLD,
+)
+from .common import chunk_bounds, like
+
+IDENTITY = ACTIVATION_CODES["identity"]
+SIGMOID = ACTIVATION_CODES["sigmoid"]
+TANH = ACTIVATION_CODES["tanh"]
+RELU = ACTIVATION_CODES["relu"]
+LEAKY_RELU = ACTIVATION_CODES["leaky_relu"]
+ELU = ACTIVATION_CODES["elu"]
+SELU = ACTIVATION_CODES["selu"]
+GELU = ACTIVATION_CODES["gelu"]
+SILU = ACTIVATION_CODES["silu"]
+SOFTPLUS = ACTIVATION_CODES["softplus"]
+
+_SQRT_HALF = math.sqrt(0.5)
+_INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
+
+_JIT = {"cache": True, "error_model": "numpy"}
+
+
+@njit(inline="always", **_JIT)
+def sigmoid(z: float) -> float:
+    """Logistic sigmoid that never overflows: ``exp`` only ever sees a non-positive argument."""
+    one = like(z, 1.0)
+    if z >= 0:
+        return one / (one + math.exp(-z))
+    e = math.exp(z)
+    return e / (one + e)
+
+
+@njit(inline="always", **_JIT)
+def activate(code: int, z: float) -> float:
+    """``act(z)`` for activation ``code``; NaN propagates as in NumPy and PyTorch."""
+    zero = like(z, 0.0)
+    if code == SIGMOID:
+        return sigmoid(z)
+    if code == TANH:
+        return math.tanh(z)
+    if code == RELU:
+        return zero if z <= 0 else z  # written so that NaN passes through
+    if code == LEAKY_RELU:
+        return z if z > 0 else z * like(z, LEAKY_RELU_SLOPE)
+    if code == ELU:
+        return z if z > 0 else like(z, ELU_ALPHA) * math.expm1(z)
+    if code == SELU:
+        return like(z, SELU_SCALE) * (z if z > 0 else like(z, SELU_ALPHA) * math.expm1(z))
+    if code == GELU:
+        return like(z, 0.5) * z * (like(z, 1.0) + math.erf(z * like(z, _SQRT_HALF)))
+    if code == SILU:
+        return z * sigmoid(z)
+    if code == SOFTPLUS:
+        return z if z > like(z, SOFTPLUS_THRESHOLD) else math.log1p(math.exp(z))
+    return z  # identity
+
+
+@njit(inline="always", **_JIT)
+def derivative(code: int, z: float, h: float) -> float:
+    """``act'(z)`` given the forward input ``z`` and output ``h = act(z)``, whichever is cheaper."""
+    one = like(z, 1.0)
+    zero = like(z, 0.0)
+    if code == SIGMOID:
+        return h * (one - h)
+    if code == TANH:
+        return one - h * h
+    if code == RELU:
+        return one if z > 0 else zero
+    if code == LEAKY_RELU:
+        return one if z > 0 else like(z, LEAKY_RELU_SLOPE)
+    if code == ELU:
+        return one if z > 0 else like(z, ELU_ALPHA) * math.exp(z)
+    if code == SELU:
+        return like(z, SELU_SCALE) * (one if z > 0 else like(z, SELU_ALPHA) * math.exp(z))
+    if code == GELU:
+        cdf = like(z, 0.5) * (one + math.erf(z * like(z, _SQRT_HALF)))
+        return cdf + z * math.exp(like(z, -0.5) * z * z) * like(z, _INV_SQRT_2PI)
+    if code == SILU:
+        s = sigmoid(z)
+        return s * (one + z * (one - s))
+    if code == SOFTPLUS:
+        return one if z > like(z, SOFTPLUS_THRESHOLD) else sigmoid(z)
+    return one  # identity
+
+
+@njit(inline="always", **_JIT)
+def _forward_body(code: int, z: np.ndarray, out: np.ndarray) -> None:
+    for i in range(z.shape[0]):
+        out[i] = activate(code, z[i])
+
+
+@njit(inline="always", **_JIT)
+def _backward_body(code: int, z: np.ndarray, h: np.ndarray, dh: np.ndarray, out: np.ndarray) -> None:
+    for i in range(z.shape[0]):
+        out[i] = dh[i] * derivative(code, z[i], h[i])
+
+
+@njit(**_JIT)
+def activation_forward(code: int, z: np.ndarray, out: np.ndarray) -> None:
+    """``out = act(z)`` elementwise over 1-D contiguous arrays (serial)."""
+    _forward_body(code, z, out)
+
+
+@njit(parallel=True, **_JIT)
+def activation_forward_parallel(code: int, z: np.ndarray, out: np.ndarray, n_chunks: int) -> None:
+    """:func:`activation_forward` split into ``n_chunks`` chunks run on Numba's threads."""
+    for c in numba.prange(n_chunks):
+        start, stop = chunk_bounds(z.shape[0], n_chunks, c)
+        _forward_body(code, z[start:stop], out[start:stop])
+
+
+@njit(**_JIT)
+def activation_backward(code: int, z: np.ndarray, h: np.ndarray, dh: np.ndarray, out: np.ndarray) -> None:
+    """``out = dh * act'(z)`` elementwise over 1-D contiguous arrays (serial)."""
+    _backward_body(code, z, h, dh, out)
+
+
+@njit(parallel=True, **_JIT)
+def activation_backward_parallel(
+    code: int,
+    z: np.ndarray,
+    h: np.ndarray,
+    dh: np.ndarray,
+    out: np.ndarray,
+    n_chunks: int,
+) -> None:
+    """:func:`activation_backward` split into ``n_chunks`` chunks run on Numba's threads."""
+    for c in numba.prange(n_chunks):
+        start, stop = chunk_bounds(z.shape[0], n_chunks, c)
+        _backward_body(code, z[start:stop], h[start:stop], dh[start:stop], out[start:stop])

@@ -1,0 +1,104 @@
+"""The elementwise halves of the fused dense layer; the GEMMs stay in BLAS, called from Python.
+
+Forward, after ``z = x @ W``: :func:`bias_activation` adds the bias and applies
+the activation in one pass (``z += b``, ``y = act(z)``).
+Backward, before ``dW = x^T dz`` and ``dx = dz W^T``: :func:`activation_grad_bias`
+computes ``dz = dy * act'(z, y)`` and reduces ``db = sum_rows dz`` in one pass.
+
+Arrays are 2-D C-contiguous ``(N, M)``; ``b``/``db`` are ``(M,)``. Parallel
+drivers split the rows into ``n_chunks`` blocks (no BLAS inside ``prange``).
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+from numba import njit
+
+from .activations import activate, derivative
+from .common import chunk_bounds
+
+_JIT = {"cache": True, "error_model": "numpy"}
+
+
+@njit(inline="always", **_JIT)
+def _bias_activation_body(code: int, z: np.ndarray, b: np.ndarray, y: np.ndarray) -> None:
+    for i in range(z.shape[0]):
+        for j in range(z.shape[1]):
+            v = z[i, j] + b[j]
+            z[i, j] = v
+            y[i, j] = activate(code, v)
+
+
+@njit(inline="always", **_JIT)
+def _grad_bias_body(
+    code: int,
+    dy: np.ndarray,
+    z: np.ndarray,
+    y: np.ndarray,
+    dz: np.ndarray,
+    db: np.ndarray,
+) -> None:
+    # Accumulate row by row so the inner loop over columns vectorises (and the
+    # summation order matches NumPy's sum over axis 0).
+    db[:] = 0
+    for i in range(dy.shape[0]):
+        for j in range(dy.shape[1]):
+            g = dy[i, j] * derivative(code, z[i, j], y[i, j])
+            dz[i, j] = g
+            db[j] += g
+
+
+@njit(**_JIT)
+def bias_activation(code: int, z: np.ndarray, b: np.ndarray, y: np.ndarray) -> None:
+    """In place ``z += b`` then ``y = act(z)``; ``y`` may be ``z`` itself (identity). Serial."""
+    _bias_activation_body(code, z, b, y)
+
+
+@njit(parallel=True, **_JIT)
+def bias_activation_parallel(code: int, z: np.ndarray, b: np.ndarray, y: np.ndarray, n_chunks: int) -> None:
+    """:func:`bias_activation` over ``n_chunks`` row blocks on Numba's threads."""
+    for c in numba.prange(n_chunks):
+        start, stop = chunk_bounds(z.shape[0], n_chunks, c)
+        _bias_activation_body(code, z[start:stop], b, y[start:stop])
+
+
+@njit(**_JIT)
+def activation_grad_bias(
+    code: int,
+    dy: np.ndarray,
+    z: np.ndarray,
+    y: np.ndarray,
+    dz: np.ndarray,
+    db: np.ndarray,
+) -> None:
+    """``dz = dy * act'(z, y)`` and ``db = dz.sum(axis=0)`` (``db`` overwritten) in one serial pass."""
+    _grad_bias_body(code, dy, z, y, dz, db)
+
+
+@njit(parallel=True, **_JIT)
+def activation_grad_bias_parallel(
+    code: int,
+    dy: np.ndarray,
+    z: np.ndarray,
+    y: np.ndarray,
+    dz: np.ndarray,
+    db: np.ndarray,
+    n_chunks: int,
+) -> None:
+    """:func:`activation_grad_bias` over ``n_chunks`` row blocks; per-block sums are added at the end."""
+    partial = np.empty((n_chunks, db.shape[0]), dtype=db.dtype)
+    for c in numba.prange(n_chunks):
+        start, stop = chunk_bounds(dy.shape[0], n_chunks, c)
+        _grad_bias_body(
+            code,
+            dy[start:stop],
+            z[start:stop],
+            y[start:stop],
+            dz[start:stop],
+            partial[c],
+        )
+    db[:] = 0
+    for c in range(n_chunks):
+        for j in range(db.shape[0]):
+            db[j] += partial[c, j]
