@@ -443,13 +443,24 @@ class Backend:
                     f" of dtype {getattr(target, 'dtype', None)}"
                 )
             self._check_shape(target, (n,), "labels")
-            low, high = int(target.min()), int(target.max())
-            if low < 0 or high >= n_classes:
-                raise ValueError(f"Class labels must lie in [0, {n_classes}), got values in [{low}, {high}]")
+            self._check_label_range(target, n_classes)
             return target.astype(np.int64, copy=False)
         self._check_same_dtype(logits=logits, target=target)
         self._check_shape(target, (n, n_classes), "target")
         return target
+
+    def _check_label_range(self, labels: Array, n_classes: int) -> None:
+        """Check that every label lies in ``[0, n_classes)``, reading the labels' range on the host.
+
+        The CUDA backend overrides this with a no-op so a training step never waits
+        for the GPU; its kernel makes the loss NaN for a label out of range instead.
+
+        Raises:
+            ValueError: a label lies outside ``[0, n_classes)``.
+        """
+        low, high = int(labels.min()), int(labels.max())
+        if low < 0 or high >= n_classes:
+            raise ValueError(f"Class labels must lie in [0, {n_classes}), got values in [{low}, {high}]")
 
     def binary_cross_entropy_with_logits(self, logits: Array, target: Array) -> tuple[Array, Array]:
         """Sigmoid + binary cross-entropy on logits, mean over elements (as ``BCEWithLogitsLoss``).
