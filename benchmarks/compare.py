@@ -1,0 +1,453 @@
+"""Compare fusednn's training step with PyTorch, plain NumPy and JAX: ``python -m benchmarks.compare``.
+
+For each device and standard configuration (see :mod:`benchmarks.configs`) every peer
+runs in its own worker process (:mod:`benchmarks._worker`), so no two thread pools
+are busy in one process and every peer starts clean. Repeats alternate between the
+peers (round-robin, the starting peer rotating) so slow drifts of the machine hit all
+of them alike; each repeat times a block of steps and reports µs per step. The
+tables give the min and median over repeats, samples/s, fusednn's speed-up over each
+peer and the ratio to the GEMM bound measured in the same run. Cold-start figures
+(``import fusednn``; the first step with an empty and with a warm JIT cache) come
+from fresh processes.
+
+Examples::
+
+    python -m benchmarks.compare --quick                       # cpu (and cuda when present), no "wide"
+    python -m benchmarks.compare --device cuda --json cuda.json
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m benchmarks.compare   # figures for RESULTS.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from .configs import CONFIGS, DEVICE_KINDS, select_configs
+from .peers import PEERS, peers_for
+from .report import cold_start_text, detail_table, summarize_times, summary_table
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+COLD_START_CONFIG = "digits"
+IMPORT_SAMPLES = 3
+BLAS_ENV_WARNINGS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+"""Variables that pin OpenBLAS to a narrower kernel; the runner warns when they are set."""
+
+
+class WorkerError(RuntimeError):
+    """A worker process died or answered something unexpected; the message carries its stderr."""
+
+
+class Worker:
+    """One peer's worker process: started, warmed up and then asked for timed blocks one at a time."""
+
+    def __init__(
+        self,
+        args: list[str],
+        env: dict[str, str] | None = None,
+        timeout_s: float = 900.0,
+    ) -> None:
+        self._stderr = tempfile.TemporaryFile(mode="w+")
+        self._timeout_s = timeout_s
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks._worker", *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            text=True,
+            cwd=REPO_ROOT,
+            env=_worker_env(env),
+        )
+        self.ready = self._read()
+
+    def _read(self) -> dict[str, Any]:
+        line = self.process.stdout.readline()
+        if not line:
+            self.process.wait(timeout=self._timeout_s)
+            self._stderr.seek(0)
+            tail = self._stderr.read().strip().splitlines()[-3:]
+            raise WorkerError(f"worker exited with status {self.process.returncode}: {' / '.join(tail)}")
+        return json.loads(line)
+
+    def run(self) -> float:
+        """One timed block; returns µs per step."""
+        self.process.stdin.write("run\n")
+        self.process.stdin.flush()
+        reply = self._read()
+        if "us_per_step" not in reply:
+            raise WorkerError(f"unexpected reply {reply!r}")
+        return reply["us_per_step"]
+
+    def close(self) -> None:
+        """Ask the worker to quit and wait for it."""
+        if self.process.poll() is None:
+            try:
+                self.process.stdin.write("quit\n")
+                self.process.stdin.close()
+            except BrokenPipeError:
+                pass
+            self.process.wait(timeout=60)
+        self._stderr.close()
+
+
+def _worker_env(extra: dict[str, str] | None) -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    env.update(extra or {})
+    return env
+
+
+def _log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def time_config(
+    config: str,
+    device: str,
+    peers: list[str],
+    repeats: int,
+    target_s: float,
+    settle_s: float,
+) -> list[dict[str, Any]]:
+    """Time every peer on one configuration, alternating between them over ``repeats`` rounds.
+
+    Workers start one after another (each is fully warmed up before the next starts),
+    then each round asks every worker for one block, the starting worker rotating.
+    ``settle_s`` of idle time after each block lets the finished peer's threads go to
+    sleep before the next peer's clock starts.
+    """
+    results: list[dict[str, Any]] = []
+    workers: list[tuple[dict[str, Any], Worker]] = []
+    for peer in peers:
+        row: dict[str, Any] = {"config": config, "peer": peer}
+        results.append(row)
+        try:
+            worker = Worker(
+                [
+                    "--peer",
+                    peer,
+                    "--config",
+                    config,
+                    "--device",
+                    device,
+                    "--target-s",
+                    str(target_s),
+                ]
+            )
+        except WorkerError as error:
+            row["reason"] = f"failed: {error}"
+            _log(f"  {config} {peer}: {row['reason']}")
+            continue
+        if worker.ready.get("status") != "ready":
+            row["reason"] = worker.ready.get("reason", "unavailable")
+            worker.close()
+            _log(f"  {config} {peer}: skipped ({row['reason']})")
+            continue
+        row.update({key: worker.ready[key] for key in ("build_s", "first_step_s", "steps_per_repeat", "info")})
+        row["us_per_step"] = []
+        workers.append((row, worker))
+    try:
+        for round_index in range(repeats):
+            shift = round_index % max(len(workers), 1)
+            for row, worker in workers[shift:] + workers[:shift]:
+                row["us_per_step"].append(worker.run())
+                time.sleep(settle_s)
+    finally:
+        for _, worker in workers:
+            worker.close()
+    for row, _ in workers:
+        row.update(summarize_times(row["us_per_step"]))
+        _log(f"  {config} {row['peer']}: median {row['median_us']:.1f} µs/step")
+    return results
+
+
+def measure_import(samples: int = IMPORT_SAMPLES) -> list[float]:
+    """Seconds ``import fusednn`` takes in each of ``samples`` fresh interpreters."""
+    code = "import time; t = time.perf_counter(); import fusednn; print(time.perf_counter() - t)"
+    return [
+        float(
+            subprocess.run(
+                [sys.executable, "-c", code],
+                capture_output=True,
+                text=True,
+                check=True,
+                cwd=REPO_ROOT,
+                env=_worker_env(None),
+            ).stdout
+        )
+        for _ in range(samples)
+    ]
+
+
+def cold_start(device: str, config: str = COLD_START_CONFIG) -> dict[str, Any]:
+    """fusednn's first step in a fresh process with an empty JIT/kernel cache, then again with it warm.
+
+    ``NUMBA_CACHE_DIR`` and ``CUPY_CACHE_DIR`` point at a new temporary directory,
+    so the first process compiles every kernel it needs and the second finds them cached.
+    """
+    entry: dict[str, Any] = {"config": config}
+    with tempfile.TemporaryDirectory(prefix="fusednn-cold-") as cache:
+        env = {"NUMBA_CACHE_DIR": cache, "CUPY_CACHE_DIR": cache}
+        for label in ("empty", "warm"):
+            args = [
+                "--peer",
+                "fusednn",
+                "--config",
+                config,
+                "--device",
+                device,
+                "--no-serve",
+                "--target-s",
+                "0.01",
+            ]
+            try:
+                worker = Worker(args, env=env)
+            except WorkerError as error:
+                return {"reason": f"failed: {error}"}
+            worker.close()
+            if worker.ready.get("status") != "ready":
+                return {"reason": worker.ready.get("reason", "unavailable")}
+            entry[label] = {key: worker.ready[key] for key in ("build_s", "first_step_s")}
+    return entry
+
+
+def gpu_count() -> int:
+    """Usable CUDA GPUs, asked in a subprocess so this process never loads CuPy."""
+    code = "from fusednn.backends.cuda_runtime import device_count; print(device_count())"
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=REPO_ROOT,
+        env=_worker_env(None),
+    )
+    return int(done.stdout.strip() or 0) if done.returncode == 0 else 0
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model and cores, Python, BLAS in use (threadpoolctl), and any OpenBLAS overrides in the environment."""
+    import numpy as np
+    from threadpoolctl import threadpool_info
+
+    info: dict[str, Any] = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "cpu": _cpu_model(),
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "blas": [
+            {key: lib.get(key) for key in ("internal_api", "version", "architecture", "num_threads")}
+            for lib in threadpool_info()
+            if lib.get("user_api") == "blas"
+        ],
+        "env": {name: os.environ[name] for name in BLAS_ENV_WARNINGS if name in os.environ},
+    }
+    return info
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def render(report: dict[str, Any]) -> str:
+    """The whole markdown report: machine header, then per device a summary, the details and the GEMM bound."""
+    machine = report["machine"]
+    out = [
+        f"Machine: {machine['cpu']}, {machine['cores']} cores; Python {machine['python']}, NumPy {machine['numpy']}; "
+        f"{machine['date']}.",
+        "BLAS: "
+        + "; ".join(
+            f"{b['internal_api']} {b['version']} ({b['architecture']} kernel, {b['num_threads']} threads)"
+            for b in machine["blas"]
+        ),
+        f"Command: `{report['command']}`",
+    ]
+    for name, value in machine["env"].items():
+        out.append(
+            f"**Warning: {name}={value} is set; OpenBLAS is held to that kernel and its GEMM figures are lower.**"
+        )
+    for device, result in report["devices"].items():
+        out += ["", f"## {device}", ""]
+        if "reason" in result:
+            out.append(result["reason"])
+            continue
+        gemm = result["gemm"]
+        out.append(
+            f"{result['repeats']} repeats per peer, round-robin; each times a block of steps of about "
+            f"{result['target_s']:g} s. Best float32 GEMM: {gemm['best_flops_per_s'] / 1e9:.1f} GFLOP/s at "
+            f"{'×'.join(map(str, gemm['best_shape']))}. Speed-ups are peer median ÷ fusednn median (> 1: fusednn "
+            "faster); × GEMM bound is median ÷ (step FLOPs at that GEMM rate)."
+        )
+        out += ["", summary_table(result), "", detail_table(result)]
+    if report.get("cold_start"):
+        out += ["", "## Cold start", "", cold_start_text(report["cold_start"])]
+    return "\n".join(out) + "\n"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The runner's command line.
+
+    Raises:
+        SystemExit: bad arguments (argparse prints what was expected).
+    """
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.compare", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="skip the 'wide' configuration and use 3 repeats",
+    )
+    parser.add_argument(
+        "--device",
+        choices=[*DEVICE_KINDS, "all"],
+        default="all",
+        help="cpu, cuda, or all (cpu plus cuda when a GPU is present; the default)",
+    )
+    parser.add_argument(
+        "--configs",
+        type=_names(CONFIGS),
+        help=f"comma-separated subset of {','.join(CONFIGS)}",
+    )
+    parser.add_argument(
+        "--peers",
+        type=_names(PEERS),
+        help=f"comma-separated subset of {','.join(PEERS)}",
+    )
+    parser.add_argument(
+        "--repeats",
+        type=_positive(int),
+        help="timed blocks per peer (default 7, --quick 3)",
+    )
+    parser.add_argument(
+        "--target-s",
+        type=_positive(float),
+        default=0.2,
+        help="length of one timed block in s",
+    )
+    parser.add_argument("--settle-s", type=float, default=0.02, help="idle time between blocks in s")
+    parser.add_argument(
+        "--no-cold-start",
+        dest="cold_start",
+        action="store_false",
+        help="skip cold-start figures",
+    )
+    parser.add_argument("--json", type=Path, help="also write every measurement to this JSON file")
+    args = parser.parse_args(argv)
+    if args.repeats is None:
+        args.repeats = 3 if args.quick else 7
+    return args
+
+
+def _names(choices: Any) -> Any:
+    def parse(text: str) -> list[str]:
+        names = [name.strip() for name in text.split(",") if name.strip()]
+        unknown = [name for name in names if name not in choices]
+        if not names or unknown:
+            raise argparse.ArgumentTypeError(
+                f"unknown {', '.join(unknown) or 'empty list'}; expected some of {', '.join(choices)}"
+            )
+        return names
+
+    return parse
+
+
+def _positive(kind: type) -> Any:
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
+        return value
+
+    return parse
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """Measure everything the arguments ask for and return the report as a dict (what ``--json`` writes)."""
+    report: dict[str, Any] = {
+        "command": " ".join(["python -m benchmarks.compare", *sys.argv[1:]]),
+        "machine": machine_info(),
+        "devices": {},
+    }
+    devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
+    gpus = gpu_count() if "cuda" in devices else 0
+    for device in devices:
+        if device == "cuda" and gpus == 0:
+            report["devices"]["cuda"] = {"reason": "No usable CUDA GPU here (CuPy missing or no GPU visible); skipped."}
+            continue
+        configs = [config.name for config in select_configs(args.configs, device, args.quick)]
+        peers = [peer for peer in peers_for(device) if args.peers is None or peer in args.peers]
+        _log(f"{device}: measuring GEMM throughput")
+        gemm = json.loads(
+            subprocess.run(
+                [
+                    sys.executable,
+                    "-m",
+                    "benchmarks._worker",
+                    "--device",
+                    device,
+                    "--gemm",
+                    *configs,
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+                cwd=REPO_ROOT,
+                env=_worker_env(None),
+            ).stdout
+        )
+        results = []
+        for config in configs:
+            _log(f"{device}: {config}")
+            results += time_config(config, device, peers, args.repeats, args.target_s, args.settle_s)
+        report["devices"][device] = {
+            "gemm": gemm,
+            "results": results,
+            "repeats": args.repeats,
+            "target_s": args.target_s,
+        }
+    if args.cold_start:
+        _log("cold start")
+        report["cold_start"] = {
+            "import_s": measure_import(),
+            "devices": {device: cold_start(device) for device in devices if device == "cpu" or gpus},
+        }
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns 2 when ``--device cuda`` is asked for on a machine without a usable GPU."""
+    args = parse_args(argv)
+    if args.device == "cuda" and gpu_count() == 0:
+        print(
+            "--device cuda needs a usable CUDA GPU (CuPy installed and a GPU visible); none found here. "
+            "Run with --device cpu.",
+            file=sys.stderr,
+        )
+        return 2
+    machine = machine_info()
+    for name, value in machine["env"].items():
+        _log(
+            f"warning: {name}={value} is set, which holds OpenBLAS to a narrower kernel; "
+            f"unset it for representative figures (env -u {name} ...)"
+        )
+    report = run(args)
+    print(render(report))
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
