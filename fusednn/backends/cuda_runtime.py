@@ -9,7 +9,9 @@ from __future__ import annotations
 
 from types import ModuleType
 
-CUDA_EXTRAS_HINT = "install CuPy with `pip install fusednn[cuda13]` (CUDA 13) or `pip install fusednn[cuda12]` (CUDA 12)"
+CUDA_EXTRAS_HINT = (
+    "install CuPy with `pip install fusednn[cuda13]` (CUDA 13) or `pip install fusednn[cuda12]` (CUDA 12)"
+)
 
 
 def import_cupy() -> ModuleType:
@@ -46,9 +48,11 @@ def require_device(index: int) -> ModuleType:
     try:
         count = int(cupy.cuda.runtime.getDeviceCount())
     except Exception as error:
-        raise RuntimeError(f"No usable CUDA GPU: the CUDA runtime reports {error}") from error
+        raise RuntimeError(
+            f"No usable CUDA GPU: the CUDA runtime reports {error}; check the NVIDIA driver, or use device='cpu'"
+        ) from error
     if count == 0:
-        raise RuntimeError("No CUDA GPU is visible (check CUDA_VISIBLE_DEVICES and the driver)")
+        raise RuntimeError("No CUDA GPU is visible (check CUDA_VISIBLE_DEVICES and the driver), or use device='cpu'")
     if index >= count:
         raise RuntimeError(f"cuda:{index} was asked for but only {count} GPU(s) are visible (cuda:0..cuda:{count - 1})")
     return cupy

@@ -61,6 +61,12 @@ def backend(device: str | Device | None = None) -> Backend:
         return cached
     with _lock:
         if parsed not in _cache:
+            if parsed.kind == "cuda":
+                # Say why CUDA is unusable (CuPy missing, no GPU, index out of range) before
+                # importing the backend module, so the user never sees a raw import traceback.
+                from . import cuda_runtime
+
+                cuda_runtime.require_device(parsed.index)
             _cache[parsed] = _backend_class(parsed.kind)(parsed)
         return _cache[parsed]
 
