@@ -1,0 +1,156 @@
+"""Device strings, the registry and CUDA availability: no hardware needed (CUDA is simulated)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import types
+
+import pytest
+
+import fusednn
+from fusednn.backends import cuda_runtime, registry
+from fusednn.backends.device import Device, default_device_string, parse_device
+
+
+@pytest.mark.parametrize(
+    ("spec", "kind", "index", "canonical"),
+    [
+        ("cpu", "cpu", None, "cpu"),
+        ("numpy", "numpy", None, "numpy"),
+        ("cuda", "cuda", 0, "cuda:0"),
+        ("cuda:0", "cuda", 0, "cuda:0"),
+        ("cuda:12", "cuda", 12, "cuda:12"),
+        ("  CUDA:1 ", "cuda", 1, "cuda:1"),
+        ("CPU", "cpu", None, "cpu"),
+    ],
+)
+def test_parse_device_canonicalises_and_round_trips(spec: str, kind: str, index: int | None, canonical: str) -> None:
+    device = parse_device(spec)
+    assert (device.kind, device.index) == (kind, index)
+    assert str(device) == canonical
+    assert parse_device(str(device)) == device
+    assert parse_device(device) is device
+
+
+@pytest.mark.parametrize(
+    "spec", ["gpu", "cuda:-1", "cuda:x", "cuda:", "cuda:1.0", "cpu:0", "numpy:0", "", "tpu", "auto"]
+)
+def test_parse_device_rejects_bad_strings_listing_valid_ones(spec: str) -> None:
+    with pytest.raises(ValueError, match=r"Unknown device .*expected one of 'numpy', 'cpu', 'cuda', 'cuda:N'"):
+        parse_device(spec)
+
+
+@pytest.mark.parametrize("spec", [0, None, 1.5, ["cpu"]])
+def test_parse_device_rejects_non_strings(spec: object) -> None:
+    with pytest.raises(TypeError, match="A device must be a string"):
+        parse_device(spec)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("kind", "index", "message"),
+    [
+        ("tpu", None, "Unknown device kind"),
+        ("cuda", None, "needs an index"),
+        ("cuda", -1, "needs an index"),
+        ("cpu", 0, "takes no index"),
+    ],
+)
+def test_device_constructor_validates(kind: str, index: int | None, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Device(kind, index)
+
+
+@pytest.fixture
+def no_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Pretend no GPU is usable and start from an empty backend cache."""
+    monkeypatch.setattr(cuda_runtime, "device_count", lambda: 0)
+    monkeypatch.setattr(registry, "_cache", {})
+
+
+def _fake_cupy(count: int | Exception) -> types.ModuleType:
+    """A stand-in for CuPy whose runtime reports ``count`` GPUs (or raises it)."""
+
+    def get_device_count() -> int:
+        if isinstance(count, Exception):
+            raise count
+        return count
+
+    cupy = types.ModuleType("cupy")
+    cupy.cuda = types.SimpleNamespace(runtime=types.SimpleNamespace(getDeviceCount=get_device_count))
+    return cupy
+
+
+def test_backends_are_cached_per_canonical_device(no_gpu: None) -> None:
+    cpu = fusednn.backend("cpu")
+    assert fusednn.backend("cpu") is cpu
+    assert fusednn.backend(" CPU ") is cpu
+    assert fusednn.backend(Device("cpu")) is cpu
+    assert fusednn.backend(cpu) is cpu
+    assert fusednn.backend("numpy") is not cpu
+    assert (cpu.kind, cpu.name, fusednn.backend("numpy").name) == ("cpu", "cpu", "numpy")
+
+
+def test_default_device_is_cpu_or_the_environment_variable(no_gpu: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("FUSEDNN_DEVICE", raising=False)
+    assert default_device_string() == "cpu"
+    assert fusednn.backend().name == "cpu"
+    monkeypatch.setenv("FUSEDNN_DEVICE", "numpy")
+    assert fusednn.backend().name == "numpy"
+    monkeypatch.setenv("FUSEDNN_DEVICE", "  ")
+    assert fusednn.backend().name == "cpu"
+    monkeypatch.setenv("FUSEDNN_DEVICE", "gpu")
+    with pytest.raises(ValueError, match="Unknown device 'gpu'"):
+        fusednn.backend()
+
+
+def test_auto_falls_back_to_cpu_without_a_gpu(no_gpu: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert fusednn.backend("auto").name == "cpu"
+    monkeypatch.setenv("FUSEDNN_DEVICE", "auto")
+    assert fusednn.backend() is fusednn.backend("cpu")
+
+
+def test_available_devices_lists_host_devices_then_each_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cuda_runtime, "device_count", lambda: 0)
+    assert fusednn.available_devices() == ["numpy", "cpu"]
+    monkeypatch.setattr(cuda_runtime, "device_count", lambda: 2)
+    assert fusednn.available_devices() == ["numpy", "cpu", "cuda:0", "cuda:1"]
+
+
+def test_device_count_is_zero_when_cupy_is_missing_or_broken(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "cupy", None)  # makes `import cupy` raise ImportError
+    assert cuda_runtime.device_count() == 0
+    monkeypatch.setitem(sys.modules, "cupy", _fake_cupy(RuntimeError("driver too old")))
+    assert cuda_runtime.device_count() == 0
+
+
+@pytest.mark.parametrize("spec", ["cuda", "cuda:0", "cuda:3"])
+def test_cuda_without_cupy_names_the_extra_to_install(monkeypatch: pytest.MonkeyPatch, spec: str) -> None:
+    monkeypatch.setattr(registry, "_cache", {})
+    monkeypatch.setitem(sys.modules, "cupy", None)
+    with pytest.raises(RuntimeError, match=r"needs CuPy, which is not installed: .*pip install fusednn\[cuda13\]"):
+        fusednn.backend(spec)
+
+
+@pytest.mark.parametrize(
+    ("count", "spec", "message"),
+    [
+        (0, "cuda", r"No CUDA GPU is visible \(check CUDA_VISIBLE_DEVICES and the driver\), or use device='cpu'"),
+        (RuntimeError("cudaErrorNoDevice"), "cuda:0", r"No usable CUDA GPU: .*cudaErrorNoDevice.*device='cpu'"),
+        (1, "cuda:1", r"cuda:1 was asked for but only 1 GPU\(s\) are visible \(cuda:0..cuda:0\)"),
+    ],
+)
+def test_cuda_without_a_usable_gpu_says_why(
+    monkeypatch: pytest.MonkeyPatch, count: int | Exception, spec: str, message: str
+) -> None:
+    monkeypatch.setattr(registry, "_cache", {})
+    monkeypatch.setitem(sys.modules, "cupy", _fake_cupy(count))
+    with pytest.raises(RuntimeError, match=message):
+        fusednn.backend(spec)
+    assert registry._cache == {}  # nothing half-built was cached
+
+
+def test_import_loads_neither_numba_nor_cupy() -> None:
+    code = "import sys, fusednn; print(sorted(m for m in ('numba', 'cupy') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "[]"
