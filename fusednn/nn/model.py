@@ -270,7 +270,7 @@ class Sequential:
         """Move weights and gradients, exactly, to ``device``; returns ``self``.
 
         Optimizers built on :meth:`parameters` keep working: they move their state on their next step.
-        The forward cache is dropped, so run forward again before backward.
+        When the device changes the forward cache is dropped, so run forward again before backward.
         """
         backend = fusednn.backend(device)
         if backend is not self.backend:

@@ -1,0 +1,219 @@
+"""Optimizers track torch.optim step by step, validate like it, and save/restore/move their state."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import fusednn
+from fusednn import nn
+
+# After 25 steps float32 rounding has compounded; float64 stays at rounding level.
+STEP_TOL = {"float64": {"rtol": 1e-9, "atol": 1e-11}, "float32": {"rtol": 1e-4, "atol": 2e-5}}
+
+CASES = {
+    "sgd_momentum_dampening_wd": (
+        nn.SGD,
+        torch.optim.SGD,
+        {"lr": 0.05, "momentum": 0.9, "dampening": 0.3, "weight_decay": 0.01},
+    ),
+    "sgd_nesterov": (nn.SGD, torch.optim.SGD, {"lr": 0.05, "momentum": 0.8, "nesterov": True, "weight_decay": 0.02}),
+    "sgd_plain": (nn.SGD, torch.optim.SGD, {"lr": 0.1}),
+    "rmsprop_centered_momentum": (
+        nn.RMSprop,
+        torch.optim.RMSprop,
+        {"lr": 0.003, "alpha": 0.9, "eps": 1e-6, "weight_decay": 0.01, "momentum": 0.5, "centered": True},
+    ),
+    "rmsprop_plain": (nn.RMSprop, torch.optim.RMSprop, {"lr": 0.01}),
+    "adam_amsgrad_wd": (
+        nn.Adam,
+        torch.optim.Adam,
+        {"lr": 0.01, "betas": (0.8, 0.99), "eps": 1e-7, "weight_decay": 0.05, "amsgrad": True},
+    ),
+    "adam_plain": (nn.Adam, torch.optim.Adam, {"lr": 0.01}),
+}
+
+
+def make_problem(device: str, dtype: str, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    model = nn.MLP([5, 7, 3], activation="tanh", device=device, dtype=dtype, seed=seed)
+    x = rng.normal(size=(8, 5)).astype(dtype)
+    y = rng.integers(0, 3, size=8)
+    return model, x, y
+
+
+def train_step(model, loss_fn, opt, x, y) -> None:
+    loss, dout = loss_fn(model.forward(x), y)
+    model.backward(dout, need_input_grad=False)
+    opt.step()
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_optimizer_tracks_torch_for_25_steps(device: str, dtype: str, case: str) -> None:
+    ours_cls, torch_cls, hyper = CASES[case]
+    model, x, y = make_problem(device, dtype)
+    loss_fn = nn.get_loss("categorical_crossentropy", device=device)
+    opt = ours_cls(model.parameters(), **hyper)
+
+    w = model.get_weights()
+    layers = [torch.nn.Linear(5, 7, dtype=torch.float64), torch.nn.Linear(7, 3, dtype=torch.float64)]
+    with torch.no_grad():
+        for i, layer in enumerate(layers):
+            layer.weight.copy_(torch.from_numpy(w[2 * i].T.astype(np.float64)))
+            layer.bias.copy_(torch.from_numpy(w[2 * i + 1].astype(np.float64)))
+    torch_opt = torch_cls([p for layer in layers for p in layer.parameters()], **hyper)
+    x_t, y_t = torch.from_numpy(x.astype(np.float64)), torch.from_numpy(y)
+
+    for step in range(25):
+        train_step(model, loss_fn, opt, x, y)
+        torch_opt.zero_grad()
+        torch.nn.CrossEntropyLoss()(layers[1](torch.tanh(layers[0](x_t))), y_t).backward()
+        torch_opt.step()
+        expected = [t for layer in layers for t in (layer.weight.detach().numpy().T, layer.bias.detach().numpy())]
+        for ours, theirs in zip(model.get_weights(), expected, strict=True):
+            np.testing.assert_allclose(ours, theirs, **STEP_TOL[dtype], err_msg=f"step {step + 1}")
+    assert opt.step_count == 25
+
+
+@pytest.mark.parametrize("case", ["sgd_nesterov", "rmsprop_centered_momentum", "adam_amsgrad_wd"])
+def test_one_backend_call_per_step_and_padding_stays_zero(device: str, case: str, monkeypatch) -> None:
+    ours_cls, _, hyper = CASES[case]
+    model, x, y = make_problem(device, "float64")
+    opt = ours_cls(model.parameters(), **hyper)
+    be = model.backend
+    method = {nn.SGD: "sgd_step", nn.RMSprop: "rmsprop_step", nn.Adam: "adam_step"}[ours_cls]
+    calls = []
+    original = getattr(be, method)
+    monkeypatch.setattr(be, method, lambda *a, **k: calls.append(1) or original(*a, **k))
+    loss_fn = nn.get_loss("categorical_crossentropy", device=device)
+    for _ in range(3):
+        train_step(model, loss_fn, opt, x, y)
+    assert len(calls) == 3
+    params = model.parameters()
+    padding = np.ones(params.size, dtype=bool)
+    for offset, shape in zip(params.offsets, params.shapes, strict=True):
+        padding[offset : offset + int(np.prod(shape))] = False
+    assert padding.any()
+    assert not be.to_numpy(params.data)[padding].any()
+    for name, state in opt.state.items():
+        assert state.shape == (params.size,), name
+
+
+def test_lr_is_read_at_every_step(device: str) -> None:
+    model, x, y = make_problem(device, "float64")
+    reference, _, _ = make_problem(device, "float64")
+    loss_fn = nn.get_loss("categorical_crossentropy", device=device)
+    opt, ref_opt = nn.SGD(model.parameters(), lr=0.1), nn.SGD(reference.parameters(), lr=0.05)
+    opt.lr = 0.05  # what an LR schedule does
+    train_step(model, loss_fn, opt, x, y)
+    train_step(reference, loss_fn, ref_opt, x, y)
+    for a, b in zip(model.get_weights(), reference.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("case", ["sgd_momentum_dampening_wd", "rmsprop_centered_momentum", "adam_amsgrad_wd"])
+def test_state_dict_and_config_resume_exactly(device: str, case: str) -> None:
+    ours_cls, _, hyper = CASES[case]
+    loss_fn = nn.get_loss("categorical_crossentropy", device=device)
+    model, x, y = make_problem(device, "float64")
+    opt = ours_cls(model.parameters(), **hyper)
+    for _ in range(3):
+        train_step(model, loss_fn, opt, x, y)
+    saved_model, saved_opt, config = model.state_dict(), opt.state_dict(), opt.get_config()
+
+    resumed = nn.Sequential.from_config(model.get_config(), device=device)
+    resumed.load_state_dict(saved_model)
+    resumed_opt = nn.optimizer_from_config(config, resumed.parameters())
+    assert type(resumed_opt) is ours_cls and resumed_opt.get_config() == config
+    resumed_opt.load_state_dict(saved_opt)
+    assert resumed_opt.step_count == 3
+    for _ in range(2):
+        train_step(model, loss_fn, opt, x, y)
+        train_step(resumed, loss_fn, resumed_opt, x, y)
+    for a, b in zip(model.get_weights(), resumed.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_optimizer_state_follows_model_to_another_device(device: str) -> None:
+    """Train 3 steps on numpy, move to ``device``, train 3 more: same as 6 steps without the move."""
+    on_numpy = nn.get_loss("categorical_crossentropy", device="numpy")
+    moved, x, y = make_problem("numpy", "float64")
+    stay, _, _ = make_problem("numpy", "float64")
+    opt = nn.Adam(moved.parameters(), lr=0.01, amsgrad=True)
+    stay_opt = nn.Adam(stay.parameters(), lr=0.01, amsgrad=True)
+    for _ in range(3):
+        train_step(moved, on_numpy, opt, x, y)
+        train_step(stay, on_numpy, stay_opt, x, y)
+    assert moved.to(device) is moved and moved.device == fusednn.backend(device).name
+    for a, b in zip(moved.get_weights(), stay.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)  # the move itself is exact
+    loss_fn = nn.get_loss("categorical_crossentropy", device=device)
+    for _ in range(3):
+        train_step(moved, loss_fn, opt, x, y)
+        train_step(stay, on_numpy, stay_opt, x, y)
+    assert all(moved.backend.check(s) is s for s in opt.state.values())
+    for a, b in zip(moved.get_weights(), stay.get_weights(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize(
+    ("factory", "message"),
+    [
+        (lambda p: nn.SGD(p, lr=-1.0), "Invalid learning rate: -1.0"),
+        (lambda p: nn.Adam(p, lr=0.0), "Invalid learning rate: 0.0"),
+        (lambda p: nn.RMSprop(p, lr=-0.5), "Invalid learning rate: -0.5"),
+        (lambda p: nn.SGD(p, momentum=-0.1), "Invalid momentum value: -0.1"),
+        (lambda p: nn.SGD(p, weight_decay=-1), "Invalid weight_decay value: -1.0"),
+        (lambda p: nn.SGD(p, nesterov=True), "Nesterov momentum requires a momentum and zero dampening"),
+        (
+            lambda p: nn.SGD(p, momentum=0.9, dampening=0.1, nesterov=True),
+            "Nesterov momentum requires a momentum and zero dampening",
+        ),
+        (lambda p: nn.Adam(p, betas=(1.0, 0.999)), "Invalid beta parameter at index 0: 1.0"),
+        (lambda p: nn.Adam(p, betas=(0.9, -0.1)), "Invalid beta parameter at index 1: -0.1"),
+        (lambda p: nn.Adam(p, betas=(0.9,)), "Adam takes two betas"),
+        (lambda p: nn.Adam(p, eps=-1e-8), "Invalid epsilon value: -1e-08"),
+        (lambda p: nn.Adam(p, weight_decay=-0.1), "Invalid weight_decay value: -0.1"),
+        (lambda p: nn.RMSprop(p, alpha=-0.9), "Invalid alpha value: -0.9"),
+        (lambda p: nn.RMSprop(p, eps=-1.0), "Invalid epsilon value: -1.0"),
+        (lambda p: nn.RMSprop(p, momentum=-1.0), "Invalid momentum value: -1.0"),
+        (lambda p: nn.optimizer_from_config({"name": "Adagrad"}, p), "Unknown optimizer 'Adagrad'"),
+    ],
+)
+def test_invalid_hyperparameters_raise_like_torch(factory, message: str) -> None:
+    model = nn.MLP([2, 1], device="numpy")
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        factory(model.parameters())
+
+
+def test_optimizer_rejects_what_is_not_parameters() -> None:
+    model = nn.MLP([2, 1], device="numpy")
+    with pytest.raises(TypeError, match=r"model.parameters\(\)"):
+        nn.Adam(model.get_weights())
+
+
+def test_load_state_dict_validates() -> None:
+    model = nn.MLP([2, 3, 1], device="numpy")
+    opt = nn.Adam(model.parameters())
+    state = opt.state_dict()
+    with pytest.raises(KeyError, match="missing \\['exp_avg'\\]"):
+        opt.load_state_dict({k: v for k, v in state.items() if k != "exp_avg"})
+    with pytest.raises(KeyError, match="unexpected \\['max_exp_avg_sq'\\]"):
+        opt.load_state_dict({**state, "max_exp_avg_sq": state["exp_avg"]})
+    with pytest.raises(ValueError, match="State 'exp_avg' has shape \\(3,\\)"):
+        opt.load_state_dict({**state, "exp_avg": np.zeros(3)})
+    with pytest.raises(ValueError, match="Invalid step count: -1"):
+        opt.load_state_dict({**state, "step": -1})
+
+
+def test_get_optimizer_by_name_and_zero_grad() -> None:
+    model, x, y = make_problem("numpy", "float64")
+    opt = nn.get_optimizer("rmsprop", model.parameters(), lr=0.02, centered=True)
+    assert isinstance(opt, nn.RMSprop) and opt.lr == 0.02 and set(opt.state) == {"square_avg", "grad_avg"}
+    assert nn.get_optimizer(opt, model.parameters()) is opt
+    loss, dout = nn.get_loss("categorical_crossentropy", device="numpy")(model.forward(x), y)
+    model.backward(dout)
+    assert np.any(model.parameters().grad)
+    opt.zero_grad()
+    assert not np.any(model.parameters().grad)
