@@ -1,0 +1,480 @@
+"""The CUDA backend (``device="cuda"`` / ``"cuda:N"``): CuPy arrays, cuBLAS matmuls, fused CUDA C kernels.
+
+Arrays are ``cupy.ndarray`` on the backend's GPU. Every public method runs
+under ``cupy.cuda.Device(N)``, so allocations and launches of a ``cuda:1``
+backend land on GPU 1 whatever device is current, and two backends on two GPUs
+do not interfere. Matmuls go to cuBLAS through CuPy; activations, the dense
+layer's epilogue and backward reduction, softmax cross-entropy and the
+optimizer steps are the kernels of :mod:`fusednn.kernels.cuda`. Everything else
+is the reference implementation of :class:`~fusednn.backends.base.Backend`
+running on CuPy.
+
+Nothing in a training step synchronises with the host: losses stay 0-d device
+arrays until :meth:`CudaBackend.to_float` reads one.
+
+Importing this module never imports CuPy; creating a backend does, and raises a
+clear ``RuntimeError`` (from :mod:`.cuda_runtime`) when CuPy or the GPU is missing.
+
+>>> import fusednn  # doctest: +SKIP
+>>> be = fusednn.backend("cuda:0")  # doctest: +SKIP
+>>> set_matmul_precision("tf32")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+
+from ..kernels.cuda.launch import KernelLauncher, bias_grad_rows_per_chunk
+from .base import Array, Backend, adam_scalars, check_activation
+from .cuda_runtime import require_device
+from .device import Device
+
+MATMUL_PRECISIONS: tuple[str, ...] = ("highest", "tf32")
+"""Valid arguments of :func:`set_matmul_precision`."""
+
+_matmul_precision = "highest"
+
+# DLPack device types that CuPy can import without a copy.
+_DLPACK_CUDA = 2
+_DLPACK_CUDA_TYPES = (_DLPACK_CUDA, 3, 13)  # kDLCUDA, kDLCUDAHost, kDLCUDAManaged
+
+
+def set_matmul_precision(precision: str) -> None:
+    """Choose how the CUDA backends compute float32 matmuls (float64 is always exact IEEE).
+
+    * ``"highest"`` (the default): full float32 arithmetic in cuBLAS.
+    * ``"tf32"``: TensorFloat-32 tensor cores (Ampere and newer), which round the
+      inputs to a 10-bit mantissa: several times faster on large matrices, with
+      relative errors around ``1e-3`` instead of ``1e-6``. This is what
+      ``torch.backends.cuda.matmul.allow_tf32 = True`` (or
+      ``torch.set_float32_matmul_precision("high")``) does in PyTorch.
+
+    The setting is process-wide and applies to every later matmul of every CUDA
+    backend, including the ones inside ``dense_forward``/``dense_backward``. It is
+    applied per call through CuPy's compute type (``cupy._core.set_compute_type``,
+    the switch behind ``CUPY_TF32=1``), and restored afterwards, so CuPy code
+    outside fusednn keeps its own setting. GPUs without TF32 fall back to float32.
+
+    >>> set_matmul_precision("tf32")
+    >>> get_matmul_precision()
+    'tf32'
+    >>> set_matmul_precision("highest")
+
+    Raises:
+        ValueError: ``precision`` is not ``"highest"`` or ``"tf32"``.
+    """
+    global _matmul_precision
+    if precision not in MATMUL_PRECISIONS:
+        raise ValueError(
+            f"Unknown matmul precision {precision!r}; expected one of {MATMUL_PRECISIONS}"
+        )
+    _matmul_precision = precision
+
+
+def get_matmul_precision() -> str:
+    """The float32 matmul precision set by :func:`set_matmul_precision` (``"highest"`` by default)."""
+    return _matmul_precision
+
+
+@contextlib.contextmanager
+def _float32_compute_type(core: Any, compute_type: int) -> Iterator[None]:
+    """Run a block with CuPy's float32 GEMM compute type set to ``compute_type``, then restore it."""
+    previous = core.get_compute_type(np.float32)
+    core.set_compute_type(np.float32, compute_type)
+    try:
+        yield
+    finally:
+        core.set_compute_type(np.float32, previous)
+
+
+class CudaBackend(Backend):
+    """Every operation on one NVIDIA GPU, with fused CUDA C kernels where they pay.
+
+    Created by the registry as ``CudaBackend(Device("cuda", index))``; get it with
+    ``fusednn.backend("cuda:N")``.
+
+    Raises:
+        RuntimeError: CuPy is not installed, no GPU is visible, or ``index`` is out of range.
+    """
+
+    kind = "cuda"
+
+    def __init__(self, device: Device) -> None:
+        if device.kind != "cuda":
+            raise ValueError(f"CudaBackend serves cuda devices, got {device}")
+        cupy = require_device(device.index)
+        from cupyx.scipy.special import erf
+
+        super().__init__(device, cupy, erf)
+        with cupy.cuda.Device(device.index) as gpu:
+            self.compute_capability: str = gpu.compute_capability
+            """The GPU's compute capability as CuPy spells it, e.g. ``"90"``."""
+        self._launch = KernelLauncher(device.index)
+
+    def _on_device(self) -> Any:
+        return self.xp.cuda.Device(self.device.index)
+
+    # ------------------------------------------------------------------ arrays
+
+    def _import_array(self, x: Any) -> Array:
+        """Take CuPy, ``__cuda_array_interface__`` and DLPack arrays of this GPU without a copy; copy host data."""
+        cupy = self.xp
+        if isinstance(x, cupy.ndarray):
+            self._check_on_this_device(x.device.id)
+            return x
+        if not isinstance(x, np.ndarray) and hasattr(x, "__dlpack_device__"):
+            kind, index = x.__dlpack_device__()
+            if kind in _DLPACK_CUDA_TYPES:
+                if kind == _DLPACK_CUDA:
+                    self._check_on_this_device(int(index))
+                return cupy.from_dlpack(x)
+        if hasattr(x, "__cuda_array_interface__"):
+            array = cupy.asarray(x)
+            self._check_on_this_device(array.device.id)
+            return array
+        return cupy.asarray(np.asarray(x))
+
+    def _check_on_this_device(self, index: int) -> None:
+        if index != self.device.index:
+            raise ValueError(
+                f"The array is on cuda:{index} but this backend is {self.device}; copy it across with "
+                f"fusednn.backend({str(self.device)!r}).asarray(fusednn.backend('cuda:{index}').to_numpy(x))"
+            )
+
+    def check(self, x: Any, name: str = "array") -> Array:
+        """Check that ``x`` is a float32/float64 CuPy array on this GPU and return it.
+
+        Raises:
+            ValueError: ``x`` is a host array or lives on another GPU.
+            TypeError: ``x`` is not an array, or has another dtype.
+        """
+        super().check(x, name)
+        if x.device.id != self.device.index:
+            raise ValueError(
+                f"{name} is on cuda:{x.device.id} but this backend is {self.device}"
+            )
+        return x
+
+    def to_numpy(self, x: Array) -> np.ndarray:
+        """Copy ``x`` to a NumPy array on the host (synchronises)."""
+        if isinstance(x, self.xp.ndarray):
+            return self.xp.asnumpy(x)
+        return np.asarray(x)
+
+    def to_float(self, x: Array) -> float:
+        """Read a 0-d device value as a Python float (waits for the GPU)."""
+        return float(self.to_numpy(x))
+
+    def synchronize(self) -> None:
+        """Wait until every operation queued on this GPU has finished."""
+        self.xp.cuda.Device(self.device.index).synchronize()
+
+    def _contiguous(self, x: Array) -> Array:
+        return self.xp.ascontiguousarray(x)
+
+    # ------------------------------------------------------------------ matmul
+
+    def matmul(
+        self,
+        a: Array,
+        b: Array,
+        transpose_a: bool = False,
+        transpose_b: bool = False,
+        out: Array | None = None,
+    ) -> Array:
+        """Matrix product on cuBLAS; float32 uses TF32 tensor cores only after ``set_matmul_precision("tf32")``."""
+        if getattr(a, "dtype", None) != np.float32:
+            return super().matmul(a, b, transpose_a, transpose_b, out)
+        core = self.xp._core
+        compute_type = (
+            core.COMPUTE_TYPE_TF32
+            if _matmul_precision == "tf32"
+            else core.COMPUTE_TYPE_DEFAULT
+        )
+        with _float32_compute_type(core, compute_type):
+            return super().matmul(a, b, transpose_a, transpose_b, out)
+
+    # ------------------------------------------------------------- activations
+
+    def activation(self, name: str, z: Array, out: Array | None = None) -> Array:
+        """Apply activation ``name`` elementwise with one kernel: ``h = act(z)``."""
+        code = check_activation(name)
+        z = self._contiguous(self.check(z, "z"))
+        out = self._output(out, z, "out")
+        self._launch("activation_forward", z.dtype, z.size, z, out, z.size, code)
+        return out
+
+    def activation_backward(
+        self, name: str, z: Array, h: Array, dh: Array, out: Array | None = None
+    ) -> Array:
+        """Chain rule through activation ``name`` with one kernel: ``dz = dh * act'(z)``."""
+        code = check_activation(name)
+        self._check_same_dtype(z=z, h=h, dh=dh)
+        if not (z.shape == h.shape == dh.shape):
+            raise ValueError(
+                f"z, h and dh must share one shape, got {z.shape}, {h.shape}, {dh.shape}"
+            )
+        z, h, dh = self._contiguous(z), self._contiguous(h), self._contiguous(dh)
+        out = self._output(out, z, "out")
+        self._launch(
+            "activation_backward", z.dtype, z.size, z, h, dh, out, z.size, code
+        )
+        return out
+
+    def _output(self, out: Array | None, like: Array, name: str) -> Array:
+        """A new array like ``like``, or ``out`` after checking it can receive the result."""
+        if out is None:
+            return self.xp.empty_like(like)
+        self._check_same_dtype(**{name: out, "input": like})
+        self._check_shape(out, like.shape, name)
+        return out
+
+    # ------------------------------------------------------------ dense layer
+
+    def dense_forward(
+        self, x: Array, W: Array, b: Array, activation: str
+    ) -> tuple[Array, Array]:
+        """Fused dense layer: cuBLAS ``z = x @ W``, then one kernel adds ``b`` in place and writes ``y = act(z)``."""
+        code = check_activation(activation)
+        self._check_dense_shapes(x, W, b)
+        z = self.matmul(x, W)
+        y = z if activation == "identity" else self.xp.empty_like(z)
+        rows, cols = z.shape
+        self._launch(
+            "bias_activation_forward",
+            z.dtype,
+            z.size,
+            z,
+            self._contiguous(b),
+            y,
+            rows,
+            cols,
+            code,
+        )
+        return y, z
+
+    def dense_backward(
+        self,
+        x: Array,
+        W: Array,
+        z: Array,
+        y: Array,
+        dy: Array,
+        activation: str,
+        dW: Array,
+        db: Array,
+        need_dx: bool = True,
+    ) -> Array | None:
+        """Backward of :meth:`dense_forward`: one kernel for ``dz`` and ``db``, then two cuBLAS GEMMs.
+
+        The kernel computes ``dz = dy * act'(z)`` and reduces ``db = sum(dz, axis=0)``
+        in the same pass; ``dW = x^T dz`` is written straight into ``dW``.
+        """
+        code = self._check_dense_backward(x, W, z, y, dy, activation, dW, db)
+        z, y, dy = self._contiguous(z), self._contiguous(y), self._contiguous(dy)
+        rows, cols = dy.shape
+        dz = dy if activation == "identity" else self.xp.empty_like(dy)
+        db.fill(0)
+        rows_per_chunk = bias_grad_rows_per_chunk(rows, cols)
+        items = -(-rows // rows_per_chunk) * cols
+        self._launch(
+            "activation_grad_bias_reduce",
+            dy.dtype,
+            items,
+            z,
+            y,
+            dy,
+            dz,
+            db,
+            rows,
+            cols,
+            rows_per_chunk,
+            code,
+        )
+        self.matmul(x, dz, transpose_a=True, out=dW)
+        return self.matmul(dz, W, transpose_b=True) if need_dx else None
+
+    # ------------------------------------------------------------------ losses
+
+    def _check_label_range(self, labels: Array, n_classes: int) -> None:
+        """Skipped on the GPU: reading the labels' range would stall the training step.
+
+        The kernel makes the loss NaN for a label outside ``[0, n_classes)`` instead.
+        """
+
+    def softmax_cross_entropy(
+        self, logits: Array, target: Array
+    ) -> tuple[Array, Array]:
+        """Fused softmax + cross-entropy in one kernel (one thread per row); see the base class for the maths.
+
+        A label outside ``[0, C)`` makes the loss NaN rather than raising, so the
+        step never waits for the GPU.
+        """
+        target = self._contiguous(self._check_cross_entropy_target(logits, target))
+        logits = self._contiguous(logits)
+        rows, cols = logits.shape
+        grad = self.xp.empty_like(logits)
+        loss = self.xp.zeros((), dtype=logits.dtype)
+        kernel = "softmax_xent_labels" if target.ndim == 1 else "softmax_xent_probs"
+        self._launch(
+            kernel,
+            logits.dtype,
+            rows,
+            logits,
+            target,
+            grad,
+            loss,
+            rows,
+            cols,
+            1.0 / rows,
+        )
+        return loss, grad
+
+    # -------------------------------------------------------------- optimizers
+    # One launch per step over the flat buffer. A buffer the hyperparameters do
+    # not use is never read by the kernel, so ``param`` stands in for it.
+
+    def sgd_step(
+        self,
+        param: Array,
+        grad: Array,
+        momentum_buffer: Array | None,
+        *,
+        lr: float,
+        momentum: float,
+        dampening: float,
+        nesterov: bool,
+        weight_decay: float,
+        first_step: bool,
+    ) -> None:
+        """One fused ``torch.optim.SGD`` step (rule in the base class)."""
+        self._check_optimizer_state(
+            param, grad, momentum_buffer=(momentum_buffer, bool(momentum))
+        )
+        buffer = param if momentum_buffer is None else momentum_buffer
+        self._launch(
+            "sgd_step",
+            param.dtype,
+            param.size,
+            param,
+            self._contiguous(grad),
+            buffer,
+            param.size,
+            lr,
+            momentum,
+            1.0 - dampening,
+            weight_decay,
+            bool(momentum),
+            bool(nesterov),
+            bool(first_step),
+        )
+
+    def rmsprop_step(
+        self,
+        param: Array,
+        grad: Array,
+        square_avg: Array,
+        grad_avg: Array | None,
+        momentum_buffer: Array | None,
+        *,
+        lr: float,
+        alpha: float,
+        eps: float,
+        weight_decay: float,
+        momentum: float,
+        centered: bool,
+    ) -> None:
+        """One fused ``torch.optim.RMSprop`` step (rule in the base class)."""
+        self._check_optimizer_state(
+            param,
+            grad,
+            square_avg=(square_avg, True),
+            grad_avg=(grad_avg, centered),
+            momentum_buffer=(momentum_buffer, momentum > 0),
+        )
+        self._launch(
+            "rmsprop_step",
+            param.dtype,
+            param.size,
+            param,
+            self._contiguous(grad),
+            square_avg,
+            param if grad_avg is None else grad_avg,
+            param if momentum_buffer is None else momentum_buffer,
+            param.size,
+            lr,
+            alpha,
+            1.0 - alpha,
+            eps,
+            weight_decay,
+            momentum,
+            bool(centered),
+            momentum > 0,
+        )
+
+    def adam_step(
+        self,
+        param: Array,
+        grad: Array,
+        exp_avg: Array,
+        exp_avg_sq: Array,
+        max_exp_avg_sq: Array | None,
+        *,
+        lr: float,
+        beta1: float,
+        beta2: float,
+        eps: float,
+        weight_decay: float,
+        amsgrad: bool,
+        step: int,
+    ) -> None:
+        """One fused ``torch.optim.Adam`` step; bias corrections come from :func:`adam_scalars` in float64."""
+        self._check_optimizer_state(
+            param,
+            grad,
+            exp_avg=(exp_avg, True),
+            exp_avg_sq=(exp_avg_sq, True),
+            max_exp_avg_sq=(max_exp_avg_sq, amsgrad),
+        )
+        step_size, bias_correction2_sqrt = adam_scalars(lr, beta1, beta2, step)
+        self._launch(
+            "adam_step",
+            param.dtype,
+            param.size,
+            param,
+            self._contiguous(grad),
+            exp_avg,
+            exp_avg_sq,
+            param if max_exp_avg_sq is None else max_exp_avg_sq,
+            param.size,
+            step_size,
+            bias_correction2_sqrt,
+            1.0 - beta1,
+            beta2,
+            1.0 - beta2,
+            eps,
+            weight_decay,
+            bool(amsgrad),
+        )
+
+
+def _run_on_device(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a public method so its allocations and launches happen on the backend's GPU."""
+
+    @functools.wraps(method)
+    def on_device(self: CudaBackend, *args: Any, **kwargs: Any) -> Any:
+        with self._on_device():
+            return method(self, *args, **kwargs)
+
+    return on_device
+
+
+# Every public operation, inherited or overridden, runs under cupy.cuda.Device(N).
+for _name, _member in vars(Backend).items():
+    if not _name.startswith("_") and callable(_member):
+        setattr(CudaBackend, _name, _run_on_device(getattr(CudaBackend, _name)))
