@@ -1,0 +1,1 @@
+"""Helpers that build the shipped CUDA C sources without a GPU (nvcc checks and the g++ CPU shim)."""
