@@ -96,6 +96,9 @@ def test_get_loss_by_name_alias_config_and_object() -> None:
     assert type(nn.get_loss("bce")) is nn.BinaryCrossentropy
     loss = nn.BinaryCrossentropy()
     assert nn.get_loss(loss) is loss
+    pinned = nn.get_loss(loss, device="numpy")
+    assert type(pinned) is nn.BinaryCrossentropy and pinned.device == "numpy" and loss.device is None
+    assert nn.get_loss(pinned, device="cpu") is pinned  # an explicit device is kept
     assert type(nn.get_loss(loss.get_config())) is nn.BinaryCrossentropy
     with pytest.raises(ValueError, match="Unknown loss 'hinge'; expected one of mse, mae"):
         nn.get_loss("hinge")

@@ -12,6 +12,7 @@ run it on exactly the model's backend (this matters only to tell ``"numpy"`` fro
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import numpy as np
@@ -212,11 +213,12 @@ _ALIASES = {
 
 
 def get_loss(loss: str | dict[str, Any] | Loss, device: str | None = None) -> Loss:
-    """Return a loss for a name, a :meth:`Loss.get_config` dict, or a :class:`Loss` (returned as is).
+    """Return a loss for a name, a :meth:`Loss.get_config` dict, or a :class:`Loss`.
 
     Names: ``"mse"``, ``"mae"``, ``"binary_crossentropy"``, ``"categorical_crossentropy"``
     (also ``"mean_squared_error"``, ``"mean_absolute_error"``, ``"bce"``, ``"cross_entropy"``,
-    ``"sparse_categorical_crossentropy"``). ``device`` pins the backend that computes.
+    ``"sparse_categorical_crossentropy"``). ``device`` pins the backend that computes; a
+    :class:`Loss` is returned as is, or as a copy pinned to ``device`` when it has no device yet.
 
     >>> get_loss("categorical_crossentropy")
     CategoricalCrossentropy()
@@ -226,7 +228,11 @@ def get_loss(loss: str | dict[str, Any] | Loss, device: str | None = None) -> Lo
         TypeError: ``loss`` is none of the accepted kinds.
     """
     if isinstance(loss, Loss):
-        return loss
+        if device is None or loss.device is not None:
+            return loss
+        pinned = copy.copy(loss)
+        pinned.device = device
+        return pinned
     if isinstance(loss, dict):
         loss = loss.get("name")
     if not isinstance(loss, str):
