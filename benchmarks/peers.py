@@ -78,8 +78,8 @@ def build_peer(peer: str, config: Config, device: str) -> PeerStep:
         PeerUnavailable: the peer cannot run here.
     """
     builders: dict[str, Callable[[Config, str], PeerStep]] = {
-        "fusednn": lambda c, d: _fusednn(c, d),
-        "fusednn-numpy": lambda c, d: _fusednn(c, "numpy"),
+        "fusednn": fusednn_step,
+        "fusednn-numpy": lambda c, d: fusednn_step(c, "numpy"),
         "numpy": _numpy,
         "torch": lambda c, d: _torch(c, d, None),
         "torch-foreach": lambda c, d: _torch(c, d, "foreach"),
@@ -99,7 +99,12 @@ def blas_info() -> list[dict[str, Any]]:
     return [{key: lib.get(key) for key in keys} for lib in threadpool_info()]
 
 
-def _fusednn(config: Config, device: str) -> PeerStep:
+def fusednn_step(config: Config, device: str) -> PeerStep:
+    """fusednn's training step: ``nn.MLP``, categorical cross-entropy and ``nn.Adam`` on ``device``.
+
+    ``device`` is any fusednn device string (``"numpy"``, ``"cpu"``, ``"cuda"``); the
+    pytest-benchmark suite times this same step.
+    """
     import fusednn
     from fusednn import nn
 
