@@ -11,6 +11,8 @@
 >>> opt.step()
 """
 
+from . import data, metrics, schedules
+from .checkpoint import Checkpoint, load, save
 from .init import INITIALIZERS
 from .layers import Dense
 from .losses import (
@@ -25,6 +27,7 @@ from .losses import (
 from .model import MLP, Sequential
 from .optim import OPTIMIZERS, SGD, Adam, Optimizer, RMSprop, get_optimizer, optimizer_from_config
 from .parameters import ALIGNMENT, Parameters
+from .training import EarlyStopping, History, NonFiniteLossError, evaluate, fit
 
 __all__ = [
     "ALIGNMENT",
@@ -36,15 +39,26 @@ __all__ = [
     "Adam",
     "BinaryCrossentropy",
     "CategoricalCrossentropy",
+    "Checkpoint",
     "Dense",
+    "EarlyStopping",
+    "History",
     "Loss",
     "MeanAbsoluteError",
     "MeanSquaredError",
+    "NonFiniteLossError",
     "Optimizer",
     "Parameters",
     "RMSprop",
     "Sequential",
+    "data",
+    "evaluate",
+    "fit",
     "get_loss",
     "get_optimizer",
+    "load",
+    "metrics",
     "optimizer_from_config",
+    "save",
+    "schedules",
 ]
