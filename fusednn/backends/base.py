@@ -119,7 +119,8 @@ class Backend:
                     f"Unsupported array dtype {x.dtype.name!r}; pass dtype='float32' or 'float64' to convert"
                 )
             return x.astype(np.float32)
-        return self.xp.ascontiguousarray(x, dtype=resolve_dtype(dtype))
+        # asarray with order="C", not ascontiguousarray, which turns a 0-d array into 1-d.
+        return self.xp.asarray(x, dtype=resolve_dtype(dtype), order="C")
 
     def asindex(self, x: Any) -> Array:
         """Return integer labels or row indices as an int64 array on this device.
