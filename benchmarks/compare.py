@@ -34,6 +34,8 @@ from .configs import CONFIGS, DEVICE_KINDS, select_configs
 from .peers import PEERS, peers_for
 from .report import cold_start_text, detail_table, summarize_times, summary_table
 
+LOAD_WARNING = 0.5
+"""A 1-minute load average above this at the start draws a warning: the machine is not quiet."""
 REPO_ROOT = Path(__file__).resolve().parent.parent
 COLD_START_CONFIG = "digits"
 IMPORT_SAMPLES = 3
@@ -248,6 +250,7 @@ def machine_info() -> dict[str, Any]:
             if lib.get("user_api") == "blas"
         ],
         "env": {name: os.environ[name] for name in BLAS_ENV_WARNINGS if name in os.environ},
+        "load_average": round(os.getloadavg()[0], 2),
     }
     return info
 
@@ -274,6 +277,7 @@ def render(report: dict[str, Any]) -> str:
             for b in machine["blas"]
         ),
         f"Command: `{report['command']}`",
+        f"1-minute load average at the start: {machine['load_average']} (other processes steal time from the timings).",
     ]
     for name, value in machine["env"].items():
         out.append(
@@ -373,6 +377,17 @@ def _positive(kind: type) -> Any:
     return parse
 
 
+def _worker_json(args: list[str]) -> dict[str, Any]:
+    """Run a one-shot worker (e.g. ``--gemm``) and return the JSON it prints."""
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks._worker", *args], capture_output=True, text=True, cwd=REPO_ROOT,
+        env=_worker_env(None),
+    )  # fmt: skip
+    if done.returncode != 0:
+        raise WorkerError(f"worker {' '.join(args)} failed: {done.stderr.strip()[-500:]}")
+    return json.loads(done.stdout)
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Measure everything the arguments ask for and return the report as a dict (what ``--json`` writes)."""
     report: dict[str, Any] = {
@@ -389,24 +404,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         configs = [config.name for config in select_configs(args.configs, device, args.quick)]
         peers = [peer for peer in peers_for(device) if args.peers is None or peer in args.peers]
         _log(f"{device}: measuring GEMM throughput")
-        gemm = json.loads(
-            subprocess.run(
-                [
-                    sys.executable,
-                    "-m",
-                    "benchmarks._worker",
-                    "--device",
-                    device,
-                    "--gemm",
-                    *configs,
-                ],
-                capture_output=True,
-                text=True,
-                check=True,
-                cwd=REPO_ROOT,
-                env=_worker_env(None),
-            ).stdout
-        )
+        gemm = _worker_json(["--device", device, "--target-s", str(args.target_s), "--gemm", *configs])
         results = []
         for config in configs:
             _log(f"{device}: {config}")
@@ -441,6 +439,10 @@ def main(argv: list[str] | None = None) -> int:
         _log(
             f"warning: {name}={value} is set, which holds OpenBLAS to a narrower kernel; "
             f"unset it for representative figures (env -u {name} ...)"
+        )
+    if machine["load_average"] > LOAD_WARNING:
+        _log(
+            f"warning: the 1-minute load average is {machine['load_average']}; other processes will disturb the timings"
         )
     report = run(args)
     print(render(report))

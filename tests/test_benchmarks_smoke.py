@@ -1,0 +1,314 @@
+"""The benchmarks cannot rot: one tiny case per benchmark file, the runner end to end, and its pure logic.
+
+The timing itself is never asserted on (performance targets live in the benchmarks);
+these tests check that every benchmark still runs and that the runner's arithmetic,
+tables, arguments and its NumPy peer are right.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks import compare
+from benchmarks.configs import CONFIGS, gemm_bound_us, gemm_shapes, ratio, select_configs, step_flops
+from benchmarks.numpy_mlp import NumpyMLP
+from benchmarks.peers import PEERS, build_peer, make_batch, peers_for
+from benchmarks.report import (
+    cold_start_text,
+    detail_table,
+    format_ratio,
+    format_us,
+    markdown_table,
+    summarize_times,
+    summary_table,
+)
+from fusednn.backends.registry import cuda_device_count
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH_FILES = sorted(p.name for p in (ROOT / "benchmarks").glob("bench_*.py"))
+
+
+def _run(args: list[str], timeout: float) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    return subprocess.run(
+        [sys.executable, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+# ------------------------------------------------------------------ smoke runs
+
+
+@functools.cache
+def _smoke_functions() -> tuple[str, ...]:
+    """``file::function`` of every benchmark function that has a smoke case."""
+    done = _run(["-m", "pytest", "benchmarks", "-m", "smoke", "--collect-only", "-q", "-p", "no:cacheprovider"], 60)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return tuple(sorted({line.split("[")[0] for line in done.stdout.splitlines() if "::" in line}))
+
+
+def test_each_bench_file_has_a_smoke_case():
+    files = {name.split("::")[0].rsplit("/", 1)[-1] for name in _smoke_functions()}
+    assert files == set(BENCH_FILES)
+
+
+def test_every_benchmark_file_runs_its_smoke_case():
+    done = _run(
+        ["-m", "pytest", "benchmarks", "-m", "smoke", "--benchmark-disable", "-q", "-p", "no:cacheprovider"],
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    devices = 3 if cuda_device_count() > 0 else 2  # numpy, cpu and cuda when present
+    assert f"{devices * len(_smoke_functions())} passed" in done.stdout, done.stdout[-2000:]
+
+
+def test_quick_compare_run_on_xor(tmp_path):
+    out = tmp_path / "xor.json"
+    done = _run(
+        [
+            "-m", "benchmarks.compare", "--quick", "--configs", "xor", "--repeats", "1", "--target-s", "0.005",
+            "--device", "cpu", "--no-cold-start", "--json", str(out),
+        ],
+        timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    rows = report["devices"]["cpu"]["results"]
+    assert [row["peer"] for row in rows] == list(peers_for("cpu"))
+    for row in rows:
+        if row["peer"] == "jax" and "reason" in row:
+            continue  # not installed here
+        assert row["median_us"] > 0 and len(row["us_per_step"]) == 1, row
+    assert report["devices"]["cpu"]["gemm"]["best_flops_per_s"] > 0
+    assert "| xor | fusednn |" in done.stdout
+    assert "## cpu" in done.stdout
+
+
+@pytest.mark.skipif(cuda_device_count() > 0, reason="checks the message shown when no GPU is present")
+def test_compare_on_cuda_without_a_gpu_says_so():
+    done = _run(["-m", "benchmarks.compare", "--device", "cuda"], timeout=60)
+    assert done.returncode == 2
+    assert "needs a usable CUDA GPU" in done.stderr and "--device cpu" in done.stderr
+
+
+def test_import_time_is_measured_in_fresh_processes():
+    times = compare.measure_import(samples=2)
+    assert len(times) == 2 and all(0 < t < 30 for t in times)
+
+
+def test_worker_rejects_an_unknown_command():
+    worker = compare.Worker(["--peer", "numpy", "--config", "xor", "--target-s", "0.001"])
+    try:
+        assert worker.ready["status"] == "ready" and worker.ready["steps_per_repeat"] >= 1
+        worker.process.stdin.write("jump\n")
+        worker.process.stdin.flush()
+        assert "unknown command" in worker._read()["error"]
+        assert worker.run() > 0
+    finally:
+        worker.close()
+
+
+def test_a_dead_worker_raises_with_its_stderr():
+    with pytest.raises(compare.WorkerError, match="exited with status 2"):
+        compare.Worker(["--peer", "numpy"])  # --config missing: argparse exits 2
+
+
+# ------------------------------------------------------------------ FLOPs and the GEMM bound
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_step_flops_match_torch_flop_counter(name):
+    torch = pytest.importorskip("torch")
+    from torch.utils.flop_counter import FlopCounterMode
+
+    config = CONFIGS[name]
+    # Meta tensors carry shapes only, so even the largest configuration costs nothing to count.
+    x = torch.zeros(config.batch, config.sizes[0], device="meta", requires_grad=True)  # layer 1 computes dx too
+    layers = [torch.nn.Linear(n_in, n_out, device="meta") for n_in, n_out in config.layer_shapes]
+    with FlopCounterMode(display=False) as counter:
+        h = x
+        for layer in layers:
+            h = torch.relu(layer(h))
+        h.sum().backward()
+    assert step_flops(config) == counter.get_total_flops()
+
+
+def test_gemm_shapes_cover_every_product_of_a_step():
+    config = CONFIGS["mnist-s"]
+    shapes = set(gemm_shapes(config))
+    for n_in, n_out in config.layer_shapes:
+        assert {(config.batch, n_in, n_out), (n_in, config.batch, n_out), (config.batch, n_out, n_in)} <= shapes
+
+
+def test_gemm_bound_and_ratio():
+    config = CONFIGS["mnist-s"]
+    rate = 1e11
+    assert gemm_bound_us(config, rate) == pytest.approx(step_flops(config) / rate * 1e6)
+    with pytest.raises(ValueError, match="GEMM throughput must be positive"):
+        gemm_bound_us(config, 0.0)
+    assert ratio(3.0, 1.5) == 2.0
+    assert ratio(None, 1.0) is None and ratio(1.0, None) is None and ratio(1.0, 0.0) is None
+
+
+def test_select_configs():
+    assert "wide" not in [c.name for c in select_configs(None, "cpu", quick=True)]
+    assert "wide" in [c.name for c in select_configs(None, "cpu", quick=False)]
+    assert "huge-batch" not in [c.name for c in select_configs(None, "cpu", quick=False)]
+    assert "huge-batch" in [c.name for c in select_configs(None, "cuda", quick=True)]
+    assert [c.name for c in select_configs(["mnist-s", "xor"], "cpu", quick=True)] == ["xor", "mnist-s"]
+    with pytest.raises(ValueError, match="Unknown configuration.*mnist-xl"):
+        select_configs(["mnist-xl"], "cpu", quick=False)
+
+
+# ------------------------------------------------------------------ tables
+
+
+def _device_result() -> dict:
+    rows = [
+        {"config": "digits", "peer": "fusednn", **summarize_times([100.0, 120.0, 110.0])},
+        {"config": "digits", "peer": "torch", **summarize_times([300.0, 330.0])},
+        {"config": "digits", "peer": "numpy", **summarize_times([200.0])},
+        {"config": "digits", "peer": "jax", "reason": "JAX and optax are not installed"},
+    ]
+    return {"gemm": {"best_flops_per_s": 1e11, "best_shape": [2048, 2048, 2048]}, "results": rows}
+
+
+def test_summarize_times():
+    assert summarize_times([3.0, 1.0, 2.0, 10.0]) == {"min_us": 1.0, "median_us": 2.5}
+    with pytest.raises(ValueError, match="No timings"):
+        summarize_times([])
+
+
+def test_detail_table_cells():
+    result = _device_result()
+    lines = detail_table(result).splitlines()
+    assert lines[0].startswith("| config | peer | min µs | median µs |")
+    cells = {line.split(" | ")[1]: [c.strip() for c in line.strip("| ").split(" | ")] for line in lines[2:]}
+    bound = gemm_bound_us(CONFIGS["digits"], 1e11)
+    assert cells["torch"][2:4] == [format_us(300.0), format_us(315.0)]
+    assert cells["torch"][5] == format_ratio(315.0 / 110.0)
+    assert cells["numpy"][6] == format_ratio(200.0 / bound)
+    assert cells["fusednn"][5] == format_ratio(1.0)
+    assert "not installed" in cells["jax"][-1]
+
+
+def test_summary_table_ratios():
+    line = summary_table(_device_result()).splitlines()[2]
+    cells = [c.strip() for c in line.strip("| ").split(" | ")]
+    assert cells[0] == "digits"
+    assert cells[5] == format_ratio(315.0 / 110.0)  # vs torch (default Adam)
+    assert cells[6] == format_ratio(315.0 / 110.0)  # vs the best torch variant: the only one here
+    assert cells[7] == format_ratio(200.0 / 110.0)
+    assert cells[9] == format_ratio(110.0 / gemm_bound_us(CONFIGS["digits"], 1e11))
+
+
+def test_markdown_table_shape_and_errors():
+    table = markdown_table(["a", "b"], [["x", "1"]])
+    assert table.splitlines() == ["| a | b |", "| --- | ---: |", "| x | 1 |"]
+    with pytest.raises(ValueError, match="has 1 cells; the header has 2"):
+        markdown_table(["a", "b"], [["x"]])
+
+
+def test_cold_start_text():
+    cold = {
+        "import_s": [0.2, 0.1, 0.3],
+        "devices": {
+            "cpu": {"config": "digits", "empty": {"build_s": 0.5, "first_step_s": 4.0},
+                    "warm": {"build_s": 0.4, "first_step_s": 0.05}},
+            "cuda": {"reason": "no GPU"},
+        },
+    }  # fmt: skip
+    text = cold_start_text(cold)
+    assert "`import fusednn`: 100.0 ms min, 200.0 ms median over 3" in text
+    assert "| cpu | empty | 500.0 | 4,000.0 | digits |" in text
+    assert "| cuda | – | – | – | no GPU |" in text
+
+
+# ------------------------------------------------------------------ arguments
+
+
+def test_parse_args_defaults_and_lists():
+    args = compare.parse_args([])
+    assert (args.device, args.repeats, args.quick, args.configs, args.cold_start) == ("all", 7, False, None, True)
+    args = compare.parse_args(["--quick", "--configs", "xor, digits", "--peers", "numpy,torch", "--device", "cpu"])
+    assert (args.repeats, args.configs, args.peers, args.device) == (3, ["xor", "digits"], ["numpy", "torch"], "cpu")
+    assert compare.parse_args(["--quick", "--repeats", "5"]).repeats == 5
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--configs", "mnist-xl"], "unknown mnist-xl; expected some of xor"),
+        (["--peers", "keras"], "unknown keras"),
+        (["--repeats", "0"], "expected a positive number"),
+        (["--device", "tpu"], "invalid choice: 'tpu'"),
+    ],
+)
+def test_parse_args_errors(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        compare.parse_args(argv)
+    assert message in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ peers
+
+
+def test_peer_list_and_unknown_peer():
+    assert "fusednn-numpy" in peers_for("cpu") and "fusednn-numpy" not in peers_for("cuda")
+    assert set(peers_for("cuda")) < set(PEERS)
+    with pytest.raises(ValueError, match="Unknown peer 'keras'"):
+        build_peer("keras", CONFIGS["xor"], "cpu")
+
+
+@pytest.mark.parametrize("name", ["xor", "digits"])
+def test_numpy_mlp_matches_torch_for_two_adam_steps(name):
+    torch = pytest.importorskip("torch")
+    config = CONFIGS[name]
+    mlp = NumpyMLP(config.sizes, config.activation, np, np.float64, seed=3, lr=1e-2)
+    layers = []
+    for weight, bias in mlp.layers:
+        linear = torch.nn.Linear(*weight.shape, dtype=torch.float64)
+        with torch.no_grad():
+            linear.weight.copy_(torch.from_numpy(weight.T.copy()))
+            linear.bias.copy_(torch.from_numpy(bias.copy()))
+        layers.append(linear)
+    act = {"relu": torch.relu, "sigmoid": torch.sigmoid}[config.activation]
+    optimizer = torch.optim.Adam([p for layer in layers for p in layer.parameters()], lr=1e-2)
+    x, y = make_batch(config)
+    x = x.astype(np.float64)
+    for _ in range(2):
+        loss = mlp.train_step(x, y)
+        optimizer.zero_grad()
+        h = torch.from_numpy(x)
+        for i, layer in enumerate(layers):
+            h = layer(h) if i == len(layers) - 1 else act(layer(h))
+        expected = torch.nn.functional.cross_entropy(h, torch.from_numpy(y))
+        expected.backward()
+        optimizer.step()
+        np.testing.assert_allclose(float(loss), expected.item(), rtol=1e-12)
+    for (weight, bias), layer in zip(mlp.layers, layers, strict=True):
+        np.testing.assert_allclose(weight, layer.weight.detach().numpy().T, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(bias, layer.bias.detach().numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_numpy_mlp_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="at least an input and an output"):
+        NumpyMLP((4,), "relu", np, np.float32)
+    with pytest.raises(ValueError, match="Unknown hidden activation 'tanh'"):
+        NumpyMLP((4, 2), "tanh", np, np.float32)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("jax") is not None, reason="JAX is installed here")
+def test_a_missing_library_makes_the_peer_unavailable():
+    from benchmarks.peers import PeerUnavailable
+
+    with pytest.raises(PeerUnavailable, match="JAX and optax are not installed"):
+        build_peer("jax", CONFIGS["xor"], "cpu")
