@@ -203,7 +203,7 @@ def test_activation_errors(cuda):
 def test_dense_forward_and_backward(cuda, ref, name, n, n_in, n_out, dtype):
     rng = np.random.default_rng(n)
     x = rng.normal(size=(n, n_in)).astype(dtype)
-    W = rng.normal(size=(n_in, n_out)).astype(dtype) / np.sqrt(n_in)
+    W = (rng.normal(size=(n_in, n_out)) / np.sqrt(n_in)).astype(dtype)
     b = rng.normal(size=n_out).astype(dtype)
     dy = rng.normal(size=(n, n_out)).astype(dtype)
     y_ref, z_ref = ref.dense_forward(x, W, b, name)
@@ -336,16 +336,38 @@ def test_adam_step(cuda, ref, dtype, amsgrad):
 def test_optimizer_state_errors(cuda):
     p = cuda.zeros(4)
     with pytest.raises(ValueError, match="momentum_buffer is required"):
-        cuda.sgd_step(p, cuda.zeros(4), None, lr=0.1, momentum=0.9, dampening=0.0, nesterov=False,
-                      weight_decay=0.0, first_step=True)  # fmt: skip
+        cuda.sgd_step(
+            p,
+            cuda.zeros(4),
+            None,
+            lr=0.1,
+            momentum=0.9,
+            dampening=0.0,
+            nesterov=False,
+            weight_decay=0.0,
+            first_step=True,
+        )
     with pytest.raises(ValueError, match="must be C-contiguous"):
-        cuda.adam_step(cuda.zeros(8)[::2], cuda.zeros(4), cuda.zeros(4), cuda.zeros(4), None, lr=0.1, beta1=0.9,
-                       beta2=0.99, eps=1e-8, weight_decay=0.0, amsgrad=False, step=1)  # fmt: skip
+        cuda.adam_step(
+            cuda.zeros(8)[::2],
+            cuda.zeros(4),
+            cuda.zeros(4),
+            cuda.zeros(4),
+            None,
+            lr=0.1,
+            beta1=0.9,
+            beta2=0.99,
+            eps=1e-8,
+            weight_decay=0.0,
+            amsgrad=False,
+            step=1,
+        )
 
 
 # ------------------------------------------------------------- training step
 
 
+@pytest.mark.filterwarnings("ignore:cupyx.allow_synchronize will be removed")
 def test_a_training_step_never_synchronises(cuda, cp):
     import cupyx
 
@@ -366,8 +388,20 @@ def test_a_training_step_never_synchronises(cuda, cp):
             y, z = cuda.dense_forward(x, W, b, "identity")
             loss, dlogits = cuda.softmax_cross_entropy(y, labels)
             cuda.dense_backward(x, W, z, y, dlogits, "identity", dW, db, need_dx=False)
-            cuda.adam_step(flat, grads, m, v, None, lr=0.05, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
-                           amsgrad=False, step=step)  # fmt: skip
+            cuda.adam_step(
+                flat,
+                grads,
+                m,
+                v,
+                None,
+                lr=0.05,
+                beta1=0.9,
+                beta2=0.999,
+                eps=1e-8,
+                weight_decay=0.0,
+                amsgrad=False,
+                step=step,
+            )
             losses.append(loss)
     values = [cuda.to_float(loss) for loss in losses]
     assert values[-1] < values[0]

@@ -33,9 +33,7 @@ def _nvrtc():
 
         nvrtc.getVersion()
     except Exception as error:  # CuPy or the NVRTC library missing
-        pytest.skip(
-            f"NVRTC unavailable (install cupy-cuda13x and nvidia-cuda-nvrtc): {error}"
-        )
+        pytest.skip(f"NVRTC unavailable (install cupy-cuda13x and nvidia-cuda-nvrtc): {error}")
     return nvrtc
 
 
@@ -57,13 +55,8 @@ def nvrtc_compile(text: str, source: str, arch: str) -> tuple[dict[str, str], st
         try:
             nvrtc.compileProgram(program, options)
         except nvrtc.NVRTCError as error:
-            raise RuntimeError(
-                f"NVRTC failed on {source}:\n{nvrtc.getProgramLog(program)}"
-            ) from error
-        lowered = {
-            expression: nvrtc.getLoweredName(program, expression)
-            for expression in expressions
-        }
+            raise RuntimeError(f"NVRTC failed on {source}:\n{nvrtc.getProgramLog(program)}") from error
+        lowered = {expression: nvrtc.getLoweredName(program, expression) for expression in expressions}
         return lowered, nvrtc.getProgramLog(program)
     finally:
         nvrtc.destroyProgram(program)
@@ -76,14 +69,23 @@ def nvcc_compile(text: str, workdir, arch: str) -> str:
     unit = workdir / "unit.cu"
     unit.write_text(text)
     return run(
-        ["nvcc", *COMPILE_OPTIONS, "--Werror", "all-warnings", "-Xptxas", "-v", f"-arch={arch}", "-cubin",
-         "-o", str(workdir / "unit.cubin"), str(unit)]
-    )  # fmt: skip
+        [
+            "nvcc",
+            *COMPILE_OPTIONS,
+            "--Werror",
+            "all-warnings",
+            "-Xptxas",
+            "-v",
+            f"-arch={arch}",
+            "-cubin",
+            "-o",
+            str(workdir / "unit.cubin"),
+            str(unit),
+        ]
+    )
 
 
-def assert_entries_without_spills(
-    report: dict[str, tuple[str, int, int]], expected: set[str], arch: str, label: str
-):
+def assert_entries_without_spills(report: dict[str, tuple[str, int, int]], expected: set[str], arch: str, label: str):
     print(f"\n{label} {arch} ptxas:")
     for entry, (entry_arch, stores, loads) in sorted(report.items()):
         print(f"  {entry}: {stores} B spill stores, {loads} B spill loads")
@@ -107,9 +109,7 @@ def lowered_names() -> dict[str, str]:
 def test_nvrtc_compiles_every_instantiation(source, arch):
     lowered, log = nvrtc_compile(source_text(source), source, arch)
     assert set(lowered) == set(name_expressions(source))
-    assert_entries_without_spills(
-        ptxas_report(log), set(lowered.values()), arch, f"NVRTC {source}"
-    )
+    assert_entries_without_spills(ptxas_report(log), set(lowered.values()), arch, f"NVRTC {source}")
 
 
 def test_every_kernel_of_the_table_has_two_lowered_names(lowered_names):
@@ -146,9 +146,7 @@ def test_planted_syntax_error_fails_nvcc(tmp_path):
 
 def test_signature_that_disagrees_with_the_source_fails_nvcc(tmp_path):
     # The kernel table is the launcher's contract; an instantiation with another signature must not build.
-    unit = explicit_instantiations("optimizers.cu").replace(
-        "long long, float lr", "int, float lr", 1
-    )
+    unit = explicit_instantiations("optimizers.cu").replace("long long, float lr", "int, float lr", 1)
     unit = unit.replace("float*, long long, float,", "float*, int, float,", 1)
     assert "float*, int, float," in unit
     with pytest.raises(RuntimeError, match="nvcc failed"):

@@ -36,9 +36,7 @@ class ShimKernels:
     def __init__(self, library: ctypes.CDLL) -> None:
         self.library = library
 
-    def __call__(
-        self, kernel: str, dtype: np.dtype, config: tuple[int, int], *args
-    ) -> None:
+    def __call__(self, kernel: str, dtype: np.dtype, config: tuple[int, int], *args) -> None:
         spec = KERNELS[kernel]
         dtype = np.dtype(dtype)
         assert len(args) == len(spec.params), kernel
@@ -52,9 +50,7 @@ class ShimKernels:
                 )
                 converted.append(ctypes.c_void_p(value.ctypes.data))
             elif ctype == "T":
-                converted.append(
-                    (ctypes.c_float if dtype == np.float32 else ctypes.c_double)(value)
-                )
+                converted.append((ctypes.c_float if dtype == np.float32 else ctypes.c_double)(value))
             else:
                 converted.append(_SCALAR_TYPES[ctype](value))
         function = getattr(self.library, wrapper_name(kernel, C_TYPES[dtype]))
@@ -66,9 +62,7 @@ class ShimKernels:
 def shim(tmp_path_factory) -> ShimKernels:
     if not have("g++"):
         pytest.skip("g++ is not on PATH; it builds the CUDA sources for the CPU")
-    return ShimKernels(
-        ctypes.CDLL(str(build_shim_library(tmp_path_factory.mktemp("cuda_shim"))))
-    )
+    return ShimKernels(ctypes.CDLL(str(build_shim_library(tmp_path_factory.mktemp("cuda_shim")))))
 
 
 @pytest.fixture(scope="module")
@@ -85,9 +79,7 @@ def random_inputs(rng, shape, dtype):
 
 def assert_close(actual, expected, dtype, scale=1.0):
     tol = TOLERANCES[np.dtype(dtype).name]
-    np.testing.assert_allclose(
-        actual, expected, rtol=tol["rtol"], atol=tol["atol"] * scale
-    )
+    np.testing.assert_allclose(actual, expected, rtol=tol["rtol"], atol=tol["atol"] * scale)
 
 
 @pytest.mark.parametrize("name", ACTIVATIONS)
@@ -156,12 +148,22 @@ def test_activation_grad_bias_reduce(shim, ref, name, rows, cols, dtype):
     for config in CONFIGS:
         for rows_per_chunk in chunkings:
             dz = dy.copy() if name == "identity" else np.full_like(dy, np.nan)
-            source = (
-                dz if name == "identity" else dy
-            )  # identity runs in place on dy, as the backend does
+            source = dz if name == "identity" else dy  # identity runs in place on dy, as the backend does
             db = np.zeros(cols, dtype=dtype)
-            shim("activation_grad_bias_reduce", dtype, config, z, y, source, dz, db, rows, cols, rows_per_chunk,
-                 ACTIVATION_CODES[name])  # fmt: skip
+            shim(
+                "activation_grad_bias_reduce",
+                dtype,
+                config,
+                z,
+                y,
+                source,
+                dz,
+                db,
+                rows,
+                cols,
+                rows_per_chunk,
+                ACTIVATION_CODES[name],
+            )
             assert_close(dz, dz_ref, dtype)
             # A sum of `rows` terms in another order: absolute error grows with the row count.
             assert_close(db, db_ref, dtype, scale=rows)
@@ -173,9 +175,7 @@ def test_softmax_cross_entropy_labels_and_probabilities(shim, ref, rows, cols, d
     logits = (rng.normal(scale=5.0, size=(rows, cols))).astype(dtype)
     labels = rng.integers(0, cols, size=rows).astype(np.int64)
     probs = rng.dirichlet(np.ones(cols), size=rows).astype(dtype)
-    probs[0] *= (
-        0.5  # a row whose probabilities do not sum to one exercises the sum_c t_ic factor
-    )
+    probs[0] *= 0.5  # a row whose probabilities do not sum to one exercises the sum_c t_ic factor
     for target, kernel in (
         (labels, "softmax_xent_labels"),
         (probs, "softmax_xent_probs"),
@@ -264,9 +264,22 @@ def test_sgd_step(shim, ref, hyper, dtype):
             for step, grad in enumerate(grads):
                 use_buf = buf_ref if hyper["momentum"] else None
                 ref.sgd_step(p_ref, grad, use_buf, first_step=step == 0, **hyper)
-                shim("sgd_step", dtype, config, param, grad, buf, n, hyper["lr"], hyper["momentum"],
-                     1.0 - hyper["dampening"], hyper["weight_decay"], int(bool(hyper["momentum"])),
-                     int(hyper["nesterov"]), int(step == 0))  # fmt: skip
+                shim(
+                    "sgd_step",
+                    dtype,
+                    config,
+                    param,
+                    grad,
+                    buf,
+                    n,
+                    hyper["lr"],
+                    hyper["momentum"],
+                    1.0 - hyper["dampening"],
+                    hyper["weight_decay"],
+                    int(bool(hyper["momentum"])),
+                    int(hyper["nesterov"]),
+                    int(step == 0),
+                )
             assert_close(param, p_ref, dtype)
             if hyper["momentum"]:
                 assert_close(buf, buf_ref, dtype)
@@ -296,12 +309,8 @@ RMSPROP_CASES = [
 def test_rmsprop_step(shim, ref, hyper, dtype):
     for n in SIZES:
         for config in CONFIGS:
-            param, grads, (square_avg, grad_avg, buf) = optimizer_state(
-                n, dtype, n + 1, 3
-            )
-            square_avg += (
-                grad_avg * grad_avg
-            )  # square_avg >= grad_avg^2, as training keeps it
+            param, grads, (square_avg, grad_avg, buf) = optimizer_state(n, dtype, n + 1, 3)
+            square_avg += grad_avg * grad_avg  # square_avg >= grad_avg^2, as training keeps it
             p_ref, sq_ref, ga_ref, buf_ref = (
                 param.copy(),
                 square_avg.copy(),
@@ -309,11 +318,33 @@ def test_rmsprop_step(shim, ref, hyper, dtype):
                 buf.copy(),
             )
             for grad in grads:
-                ref.rmsprop_step(p_ref, grad, sq_ref, ga_ref if hyper["centered"] else None,
-                                 buf_ref if hyper["momentum"] else None, **hyper)  # fmt: skip
-                shim("rmsprop_step", dtype, config, param, grad, square_avg, grad_avg, buf, n, hyper["lr"],
-                     hyper["alpha"], 1.0 - hyper["alpha"], hyper["eps"], hyper["weight_decay"], hyper["momentum"],
-                     int(hyper["centered"]), int(hyper["momentum"] > 0))  # fmt: skip
+                ref.rmsprop_step(
+                    p_ref,
+                    grad,
+                    sq_ref,
+                    ga_ref if hyper["centered"] else None,
+                    buf_ref if hyper["momentum"] else None,
+                    **hyper,
+                )
+                shim(
+                    "rmsprop_step",
+                    dtype,
+                    config,
+                    param,
+                    grad,
+                    square_avg,
+                    grad_avg,
+                    buf,
+                    n,
+                    hyper["lr"],
+                    hyper["alpha"],
+                    1.0 - hyper["alpha"],
+                    hyper["eps"],
+                    hyper["weight_decay"],
+                    hyper["momentum"],
+                    int(hyper["centered"]),
+                    int(hyper["momentum"] > 0),
+                )
             assert np.isfinite(p_ref).all()
             for got, want in (
                 (param, p_ref),
@@ -368,12 +399,26 @@ def test_adam_step(shim, ref, hyper, dtype):
                     step=step,
                     **hyper,
                 )
-                step_size, bc2 = adam_scalars(
-                    hyper["lr"], hyper["beta1"], hyper["beta2"], step
+                step_size, bc2 = adam_scalars(hyper["lr"], hyper["beta1"], hyper["beta2"], step)
+                shim(
+                    "adam_step",
+                    dtype,
+                    config,
+                    param,
+                    grad,
+                    m,
+                    v,
+                    v_max,
+                    n,
+                    step_size,
+                    bc2,
+                    1.0 - hyper["beta1"],
+                    hyper["beta2"],
+                    1.0 - hyper["beta2"],
+                    hyper["eps"],
+                    hyper["weight_decay"],
+                    int(hyper["amsgrad"]),
                 )
-                shim("adam_step", dtype, config, param, grad, m, v, v_max, n, step_size, bc2, 1.0 - hyper["beta1"],
-                     hyper["beta2"], 1.0 - hyper["beta2"], hyper["eps"], hyper["weight_decay"],
-                     int(hyper["amsgrad"]))  # fmt: skip
             for got, want in ((param, p_ref), (m, m_ref), (v, v_ref)):
                 assert_close(got, want, dtype)
             if hyper["amsgrad"]:

@@ -70,9 +70,7 @@ class Recorder:
 
 
 def make_launcher(recorder: Recorder, device_id: int = 0) -> KernelLauncher:
-    return KernelLauncher(
-        device_id, get_function=recorder.get_function, ndarray_type=FakeArray
-    )
+    return KernelLauncher(device_id, get_function=recorder.get_function, ndarray_type=FakeArray)
 
 
 # ----------------------------------------------------------------- launch config
@@ -94,9 +92,7 @@ def test_launch_config(items, expected):
 
 @pytest.mark.parametrize("items", [1, 17, 1000, 123_457, 10**8])
 @pytest.mark.parametrize("block", [1, 32, 256, 1024])
-def test_launch_config_never_exceeds_limits_and_covers_items_without_stride(
-    items, block
-):
+def test_launch_config_never_exceeds_limits_and_covers_items_without_stride(items, block):
     grid, got_block = launch_config(items, block_size=block, max_grid=64)
     assert got_block == block and 1 <= grid <= 64
     if grid < 64:  # uncapped: one thread per item, so nothing relies on the grid-stride
@@ -117,9 +113,7 @@ def test_launch_config_rejects_bad_arguments(kwargs, message):
         launch_config(**kwargs)
 
 
-@pytest.mark.parametrize(
-    ("rows", "cols"), [(1, 1), (17, 3), (1000, 10), (4096, 64), (10, 100_000), (0, 5)]
-)
+@pytest.mark.parametrize(("rows", "cols"), [(1, 1), (17, 3), (1000, 10), (4096, 64), (10, 100_000), (0, 5)])
 def test_bias_grad_chunks_cover_every_row_once(rows, cols):
     per_chunk = bias_grad_rows_per_chunk(rows, cols)
     chunks = -(-rows // per_chunk)
@@ -138,9 +132,7 @@ def test_bias_grad_rows_per_chunk_rejects_negative_sizes():
 
 def test_every_kernel_is_defined_in_its_source_file():
     for spec in KERNELS.values():
-        assert re.search(rf"__global__ void {spec.name}\(", source_text(spec.source)), (
-            spec.name
-        )
+        assert re.search(rf"__global__ void {spec.name}\(", source_text(spec.source)), spec.name
 
 
 def test_every_global_in_the_sources_is_in_the_table():
@@ -156,9 +148,7 @@ def test_sources_have_no_include():
 
 def test_name_expressions_cover_both_dtypes():
     assert name_expressions("optimizers.cu") == [
-        f"{name}<{ctype}>"
-        for name in ("sgd_step", "rmsprop_step", "adam_step")
-        for ctype in ("float", "double")
+        f"{name}<{ctype}>" for name in ("sgd_step", "rmsprop_step", "adam_step") for ctype in ("float", "double")
     ]
 
 
@@ -186,14 +176,9 @@ def test_defines_mirror_the_python_constants():
         assert int(defines[f"FUSEDNN_ACT_{name.upper()}"]) == code
     assert float(defines["FUSEDNN_SELU_ALPHA"]) == activation_codes.SELU_ALPHA
     assert float(defines["FUSEDNN_SELU_SCALE"]) == activation_codes.SELU_SCALE
-    assert (
-        float(defines["FUSEDNN_LEAKY_RELU_SLOPE"]) == activation_codes.LEAKY_RELU_SLOPE
-    )
+    assert float(defines["FUSEDNN_LEAKY_RELU_SLOPE"]) == activation_codes.LEAKY_RELU_SLOPE
     assert float(defines["FUSEDNN_ELU_ALPHA"]) == activation_codes.ELU_ALPHA
-    assert (
-        float(defines["FUSEDNN_SOFTPLUS_THRESHOLD"])
-        == activation_codes.SOFTPLUS_THRESHOLD
-    )
+    assert float(defines["FUSEDNN_SOFTPLUS_THRESHOLD"]) == activation_codes.SOFTPLUS_THRESHOLD
     assert set(compile_defines()) <= set(COMPILE_OPTIONS)
 
 
@@ -300,9 +285,7 @@ def test_prepare_args_rejects_non_real_scalars(bad):
 
 def test_labels_must_be_int64():
     arrays = [fake(), fake("int32"), fake(), fake()]
-    with pytest.raises(
-        TypeError, match="argument 'labels' has dtype 'int32'; expected 'int64'"
-    ):
+    with pytest.raises(TypeError, match="argument 'labels' has dtype 'int32'; expected 'int64'"):
         prepare_args(
             KERNELS["softmax_xent_labels"],
             np.dtype(np.float32),
@@ -315,9 +298,7 @@ def test_labels_must_be_int64():
 # -------------------------------------------------------------------- dispatch
 
 
-@pytest.mark.parametrize(
-    ("dtype", "ctype"), [("float32", "float"), ("float64", "double")]
-)
+@pytest.mark.parametrize(("dtype", "ctype"), [("float32", "float"), ("float64", "double")])
 def test_launcher_dispatches_on_dtype_and_memoises_functions(dtype, ctype):
     recorder = Recorder()
     launch = make_launcher(recorder)
@@ -327,24 +308,15 @@ def test_launcher_dispatches_on_dtype_and_memoises_functions(dtype, ctype):
     assert recorder.fetched == [f"activation_forward<{ctype}>"]
     (grid1, block1, args1), (grid2, block2, _) = recorder.launches
     assert (grid1, block1) == ((4,), (256,)) and (grid2, block2) == ((1,), (256,))
-    assert (
-        args1[0] is z
-        and args1[1] is h
-        and type(args1[2]) is np.int64
-        and type(args1[3]) is np.int32
-    )
+    assert args1[0] is z and args1[1] is h and type(args1[2]) is np.int64 and type(args1[3]) is np.int32
 
 
 def test_launcher_rejects_unknown_kernels_and_dtypes():
     launch = make_launcher(Recorder())
     with pytest.raises(ValueError, match="Unknown CUDA kernel 'gemm'"):
         launch("gemm", "float32", 1)
-    with pytest.raises(
-        TypeError, match="CUDA kernels exist for float32 and float64, not 'float16'"
-    ):
-        launch(
-            "activation_forward", "float16", 1, fake("float16"), fake("float16"), 1, 0
-        )
+    with pytest.raises(TypeError, match="CUDA kernels exist for float32 and float64, not 'float16'"):
+        launch("activation_forward", "float16", 1, fake("float16"), fake("float16"), 1, 0)
     assert check_dtype("float64") == np.float64
 
 

@@ -70,9 +70,7 @@ def set_matmul_precision(precision: str) -> None:
     """
     global _matmul_precision
     if precision not in MATMUL_PRECISIONS:
-        raise ValueError(
-            f"Unknown matmul precision {precision!r}; expected one of {MATMUL_PRECISIONS}"
-        )
+        raise ValueError(f"Unknown matmul precision {precision!r}; expected one of {MATMUL_PRECISIONS}")
     _matmul_precision = precision
 
 
@@ -82,14 +80,14 @@ def get_matmul_precision() -> str:
 
 
 @contextlib.contextmanager
-def _float32_compute_type(core: Any, compute_type: int) -> Iterator[None]:
+def _float32_compute_type(linalg: Any, compute_type: int) -> Iterator[None]:
     """Run a block with CuPy's float32 GEMM compute type set to ``compute_type``, then restore it."""
-    previous = core.get_compute_type(np.float32)
-    core.set_compute_type(np.float32, compute_type)
+    previous = linalg.get_compute_type(np.float32)
+    linalg.set_compute_type(np.float32, compute_type)
     try:
         yield
     finally:
-        core.set_compute_type(np.float32, previous)
+        linalg.set_compute_type(np.float32, previous)
 
 
 class CudaBackend(Backend):
@@ -108,9 +106,13 @@ class CudaBackend(Backend):
         if device.kind != "cuda":
             raise ValueError(f"CudaBackend serves cuda devices, got {device}")
         cupy = require_device(device.index)
+        from cupy._core import _routines_linalg
         from cupyx.scipy.special import erf
 
         super().__init__(device, cupy, erf)
+        # CuPy's GEMM compute-type switch and its constants live in this private
+        # module (cupy._core re-exports only the two functions).
+        self._cupy_linalg = _routines_linalg
         with cupy.cuda.Device(device.index) as gpu:
             self.compute_capability: str = gpu.compute_capability
             """The GPU's compute capability as CuPy spells it, e.g. ``"90"``."""
@@ -155,9 +157,7 @@ class CudaBackend(Backend):
         """
         super().check(x, name)
         if x.device.id != self.device.index:
-            raise ValueError(
-                f"{name} is on cuda:{x.device.id} but this backend is {self.device}"
-            )
+            raise ValueError(f"{name} is on cuda:{x.device.id} but this backend is {self.device}")
         return x
 
     def to_numpy(self, x: Array) -> np.ndarray:
@@ -190,13 +190,10 @@ class CudaBackend(Backend):
         """Matrix product on cuBLAS; float32 uses TF32 tensor cores only after ``set_matmul_precision("tf32")``."""
         if getattr(a, "dtype", None) != np.float32:
             return super().matmul(a, b, transpose_a, transpose_b, out)
-        core = self.xp._core
-        compute_type = (
-            core.COMPUTE_TYPE_TF32
-            if _matmul_precision == "tf32"
-            else core.COMPUTE_TYPE_DEFAULT
-        )
-        with _float32_compute_type(core, compute_type):
+        linalg = self._cupy_linalg
+        tf32 = _matmul_precision == "tf32"
+        compute_type = linalg.COMPUTE_TYPE_TF32 if tf32 else linalg.COMPUTE_TYPE_DEFAULT
+        with _float32_compute_type(linalg, compute_type):
             return super().matmul(a, b, transpose_a, transpose_b, out)
 
     # ------------------------------------------------------------- activations
@@ -209,21 +206,15 @@ class CudaBackend(Backend):
         self._launch("activation_forward", z.dtype, z.size, z, out, z.size, code)
         return out
 
-    def activation_backward(
-        self, name: str, z: Array, h: Array, dh: Array, out: Array | None = None
-    ) -> Array:
+    def activation_backward(self, name: str, z: Array, h: Array, dh: Array, out: Array | None = None) -> Array:
         """Chain rule through activation ``name`` with one kernel: ``dz = dh * act'(z)``."""
         code = check_activation(name)
         self._check_same_dtype(z=z, h=h, dh=dh)
         if not (z.shape == h.shape == dh.shape):
-            raise ValueError(
-                f"z, h and dh must share one shape, got {z.shape}, {h.shape}, {dh.shape}"
-            )
+            raise ValueError(f"z, h and dh must share one shape, got {z.shape}, {h.shape}, {dh.shape}")
         z, h, dh = self._contiguous(z), self._contiguous(h), self._contiguous(dh)
         out = self._output(out, z, "out")
-        self._launch(
-            "activation_backward", z.dtype, z.size, z, h, dh, out, z.size, code
-        )
+        self._launch("activation_backward", z.dtype, z.size, z, h, dh, out, z.size, code)
         return out
 
     def _output(self, out: Array | None, like: Array, name: str) -> Array:
@@ -236,9 +227,7 @@ class CudaBackend(Backend):
 
     # ------------------------------------------------------------ dense layer
 
-    def dense_forward(
-        self, x: Array, W: Array, b: Array, activation: str
-    ) -> tuple[Array, Array]:
+    def dense_forward(self, x: Array, W: Array, b: Array, activation: str) -> tuple[Array, Array]:
         """Fused dense layer: cuBLAS ``z = x @ W``, then one kernel adds ``b`` in place and writes ``y = act(z)``."""
         code = check_activation(activation)
         self._check_dense_shapes(x, W, b)
@@ -307,9 +296,7 @@ class CudaBackend(Backend):
         The kernel makes the loss NaN for a label outside ``[0, n_classes)`` instead.
         """
 
-    def softmax_cross_entropy(
-        self, logits: Array, target: Array
-    ) -> tuple[Array, Array]:
+    def softmax_cross_entropy(self, logits: Array, target: Array) -> tuple[Array, Array]:
         """Fused softmax + cross-entropy in one kernel (one thread per row); see the base class for the maths.
 
         A label outside ``[0, C)`` makes the loss NaN rather than raising, so the
@@ -353,9 +340,7 @@ class CudaBackend(Backend):
         first_step: bool,
     ) -> None:
         """One fused ``torch.optim.SGD`` step (rule in the base class)."""
-        self._check_optimizer_state(
-            param, grad, momentum_buffer=(momentum_buffer, bool(momentum))
-        )
+        self._check_optimizer_state(param, grad, momentum_buffer=(momentum_buffer, bool(momentum)))
         buffer = param if momentum_buffer is None else momentum_buffer
         self._launch(
             "sgd_step",

@@ -33,9 +33,7 @@ def explicit_instantiations(source: str, text: str | None = None) -> str:
     lines = [body]
     for spec in kernels_in(source):
         for dtype, ctype in C_TYPES.items():
-            lines.append(
-                f"template __global__ void {spec.name}<{ctype}>({', '.join(spec.c_params(dtype))});"
-            )
+            lines.append(f"template __global__ void {spec.name}<{ctype}>({', '.join(spec.c_params(dtype))});")
     return "\n".join(lines) + "\n"
 
 
@@ -69,8 +67,24 @@ def build_shim_library(out_dir: Path) -> Path:
         unit = out_dir / f"{Path(source).stem}_shim.cpp"
         unit.write_text(shim_wrappers(source))
         obj = unit.with_suffix(".o")
-        run(["g++", "-O1", "-fPIC", "-Wall", "-Werror", "-x", "c++", "-include", str(SHIM_HEADER),
-             *COMPILE_OPTIONS, "-c", str(unit), "-o", str(obj)])  # fmt: skip
+        run(
+            [
+                "g++",
+                "-O1",
+                "-fPIC",
+                "-Wall",
+                "-Werror",
+                "-x",
+                "c++",
+                "-include",
+                str(SHIM_HEADER),
+                *COMPILE_OPTIONS,
+                "-c",
+                str(unit),
+                "-o",
+                str(obj),
+            ]
+        )
         objects.append(str(obj))
     library = out_dir / "libfusednn_cuda_shim.so"
     run(["g++", "-shared", "-o", str(library), *objects])

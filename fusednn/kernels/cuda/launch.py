@@ -44,9 +44,7 @@ few enough that each thread sums a run of rows before its one atomicAdd."""
 _INT32_RANGE = (-(2**31), 2**31 - 1)
 
 
-def launch_config(
-    items: int, block_size: int = BLOCK_SIZE, max_grid: int = MAX_GRID_SIZE
-) -> tuple[int, int]:
+def launch_config(items: int, block_size: int = BLOCK_SIZE, max_grid: int = MAX_GRID_SIZE) -> tuple[int, int]:
     """Return ``(grid, block)`` for a grid-stride kernel over ``items`` work items.
 
     At least one block is launched, so a zero-size launch is still valid.
@@ -62,18 +60,14 @@ def launch_config(
     if items < 0:
         raise ValueError(f"A launch needs items >= 0, got {items}")
     if not 1 <= block_size <= 1024:
-        raise ValueError(
-            f"block_size must lie in [1, 1024] (CUDA's limit), got {block_size}"
-        )
+        raise ValueError(f"block_size must lie in [1, 1024] (CUDA's limit), got {block_size}")
     if max_grid < 1:
         raise ValueError(f"max_grid must be >= 1, got {max_grid}")
     grid = -(-items // block_size)
     return min(max(grid, 1), max_grid), block_size
 
 
-def bias_grad_rows_per_chunk(
-    rows: int, cols: int, target_items: int = BIAS_GRAD_TARGET_ITEMS
-) -> int:
+def bias_grad_rows_per_chunk(rows: int, cols: int, target_items: int = BIAS_GRAD_TARGET_ITEMS) -> int:
     """Rows each work item of ``activation_grad_bias_reduce`` sums before its atomicAdd.
 
     Splits the rows into enough chunks that ``chunks * cols`` reaches about
@@ -98,9 +92,7 @@ def check_dtype(dtype: Any) -> np.dtype:
     """
     resolved = np.dtype(dtype)
     if resolved not in C_TYPES:
-        raise TypeError(
-            f"CUDA kernels exist for float32 and float64, not {resolved.name!r}"
-        )
+        raise TypeError(f"CUDA kernels exist for float32 and float64, not {resolved.name!r}")
     return resolved
 
 
@@ -125,17 +117,13 @@ def prepare_args(
             range.
     """
     if len(args) != len(spec.params):
-        raise TypeError(
-            f"{spec.name} takes {len(spec.params)} arguments, got {len(args)}"
-        )
+        raise TypeError(f"{spec.name} takes {len(spec.params)} arguments, got {len(args)}")
     prepared = []
     for (ctype, name), value in zip(spec.params, args, strict=True):
         where = f"{spec.name}: argument {name!r}"
         if ctype.endswith("*"):
             expected = np.dtype(np.int64) if "long long" in ctype else dtype
-            prepared.append(
-                _check_array(value, expected, where, ndarray_type, device_id)
-            )
+            prepared.append(_check_array(value, expected, where, ndarray_type, device_id))
         elif ctype == "long long":
             prepared.append(np.int64(_as_integer(value, where)))
         elif ctype == "int":
@@ -144,12 +132,8 @@ def prepare_args(
                 raise ValueError(f"{where} must fit a 32-bit int, got {number}")
             prepared.append(np.int32(number))
         elif ctype == "T":
-            if isinstance(value, (bool, np.bool_)) or not isinstance(
-                value, (int, float, np.integer, np.floating)
-            ):
-                raise TypeError(
-                    f"{where} must be a real number, got {type(value).__name__}"
-                )
+            if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+                raise TypeError(f"{where} must be a real number, got {type(value).__name__}")
             prepared.append(dtype.type(value))
         else:
             raise AssertionError(f"unknown C type {ctype!r} in the kernel table")
@@ -160,26 +144,18 @@ def _as_integer(value: Any, where: str) -> int:
     try:
         return operator.index(value)
     except TypeError:
-        raise TypeError(
-            f"{where} must be an integer, got {type(value).__name__}"
-        ) from None
+        raise TypeError(f"{where} must be an integer, got {type(value).__name__}") from None
 
 
-def _check_array(
-    value: Any, expected: np.dtype, where: str, ndarray_type: type, device_id: int
-) -> Any:
+def _check_array(value: Any, expected: np.dtype, where: str, ndarray_type: type, device_id: int) -> Any:
     if not isinstance(value, ndarray_type):
         raise TypeError(f"{where} must be a CuPy array, got {type(value).__name__}")
     if value.dtype != expected:
-        raise TypeError(
-            f"{where} has dtype {value.dtype.name!r}; expected {expected.name!r}"
-        )
+        raise TypeError(f"{where} has dtype {value.dtype.name!r}; expected {expected.name!r}")
     if not value.flags.c_contiguous:
         raise ValueError(f"{where} must be C-contiguous (pass a contiguous copy)")
     if value.device.id != device_id:
-        raise ValueError(
-            f"{where} is on cuda:{value.device.id} but launches on cuda:{device_id}"
-        )
+        raise ValueError(f"{where} is on cuda:{value.device.id} but launches on cuda:{device_id}")
     return value
 
 
@@ -217,8 +193,7 @@ class KernelLauncher:
     def __init__(
         self,
         device_id: int,
-        get_function: Callable[[KernelSpec, np.dtype], Callable[..., Any]]
-        | None = None,
+        get_function: Callable[[KernelSpec, np.dtype], Callable[..., Any]] | None = None,
         ndarray_type: type | None = None,
     ) -> None:
         if ndarray_type is None:
@@ -243,13 +218,9 @@ class KernelLauncher:
         """
         spec = KERNELS.get(kernel)
         if spec is None:
-            raise ValueError(
-                f"Unknown CUDA kernel {kernel!r}; expected one of {', '.join(KERNELS)}"
-            )
+            raise ValueError(f"Unknown CUDA kernel {kernel!r}; expected one of {', '.join(KERNELS)}")
         dtype = check_dtype(dtype)
-        prepared = prepare_args(
-            spec, dtype, args, ndarray_type=self._ndarray_type, device_id=self.device_id
-        )
+        prepared = prepare_args(spec, dtype, args, ndarray_type=self._ndarray_type, device_id=self.device_id)
         grid, block = launch_config(items)
         key = (kernel, dtype)
         function = self._functions.get(key)

@@ -38,10 +38,7 @@ def compile_defines() -> tuple[str, ...]:
     >>> "-DFUSEDNN_ACT_RELU=3" in compile_defines()
     True
     """
-    defines = [
-        f"-DFUSEDNN_ACT_{name.upper()}={code}"
-        for name, code in codes.ACTIVATION_CODES.items()
-    ]
+    defines = [f"-DFUSEDNN_ACT_{name.upper()}={code}" for name, code in codes.ACTIVATION_CODES.items()]
     constants = {
         "LEAKY_RELU_SLOPE": codes.LEAKY_RELU_SLOPE,
         "ELU_ALPHA": codes.ELU_ALPHA,
@@ -52,9 +49,7 @@ def compile_defines() -> tuple[str, ...]:
         "INV_SQRT_2PI": 1.0 / math.sqrt(2.0 * math.pi),
     }
     # repr() round-trips a float exactly; every value is written as a double literal.
-    defines += [
-        f"-DFUSEDNN_{name}={float(value)!r}" for name, value in constants.items()
-    ]
+    defines += [f"-DFUSEDNN_{name}={float(value)!r}" for name, value in constants.items()]
     return tuple(defines)
 
 
@@ -79,9 +74,7 @@ class KernelSpec:
 
     def c_params(self, dtype: np.dtype) -> list[str]:
         """The C parameter types for ``dtype``, e.g. ``["const float*", "int"]``."""
-        return [
-            ctype.replace("T", C_TYPES[np.dtype(dtype)]) for ctype, _ in self.params
-        ]
+        return [ctype.replace("T", C_TYPES[np.dtype(dtype)]) for ctype, _ in self.params]
 
     def name_expression(self, dtype: np.dtype) -> str:
         """The instantiation's name for NVRTC, e.g. ``"adam_step<float>"``."""
@@ -230,9 +223,7 @@ def source_path(source: str) -> Path:
         ValueError: ``source`` is not one of :data:`SOURCE_FILES`.
     """
     if source not in SOURCE_FILES:
-        raise ValueError(
-            f"Unknown CUDA source {source!r}; expected one of {SOURCE_FILES}"
-        )
+        raise ValueError(f"Unknown CUDA source {source!r}; expected one of {SOURCE_FILES}")
     return SOURCE_DIR / source
 
 
@@ -249,6 +240,4 @@ def kernels_in(source: str) -> list[KernelSpec]:
 
 def name_expressions(source: str) -> list[str]:
     """Every template instantiation the runtime uses from ``source`` (both dtypes)."""
-    return [
-        spec.name_expression(dtype) for spec in kernels_in(source) for dtype in C_TYPES
-    ]
+    return [spec.name_expression(dtype) for spec in kernels_in(source) for dtype in C_TYPES]
