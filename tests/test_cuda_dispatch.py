@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pytest
+from conftest import HAS_GPU
 
 from fusednn.kernels import activation_codes
 from fusednn.kernels.cuda import launch as launch_module
@@ -342,6 +343,15 @@ def test_importing_fusednn_and_the_cuda_backend_does_not_import_cupy():
         "assert 'cupy' not in sys.modules, 'cupy was imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.mark.skipif(HAS_GPU, reason="checks the error raised where no GPU is usable")
+def test_cuda_backend_without_a_gpu_raises_a_clear_runtime_error():
+    import fusednn
+
+    with pytest.raises(RuntimeError, match="CuPy|CUDA|GPU"):
+        fusednn.backend("cuda")
+    assert "cuda:0" not in fusednn.available_devices()
 
 
 def test_matmul_precision_switch():

@@ -463,3 +463,4 @@ def _run_on_device(method: Callable[..., Any]) -> Callable[..., Any]:
 for _name, _member in vars(Backend).items():
     if not _name.startswith("_") and callable(_member):
         setattr(CudaBackend, _name, _run_on_device(getattr(CudaBackend, _name)))
+del _name, _member
