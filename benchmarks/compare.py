@@ -289,12 +289,14 @@ def render(report: dict[str, Any]) -> str:
             out.append(result["reason"])
             continue
         gemm = result["gemm"]
-        out.append(
-            f"{result['repeats']} repeats per peer, round-robin; each times a block of steps of about "
-            f"{result['target_s']:g} s. Best float32 GEMM: {gemm['best_flops_per_s'] / 1e9:.1f} GFLOP/s at "
-            f"{'×'.join(map(str, gemm['best_shape']))}. Speed-ups are peer median ÷ fusednn median (> 1: fusednn "
-            "faster); × GEMM bound is median ÷ (step FLOPs at that GEMM rate)."
-        )
+        best_shape = "×".join(map(str, gemm["best_shape"]))
+        out += [
+            f"Device: {gemm.get('device_name', device)}. {result['repeats']} repeats per peer, round-robin; "
+            f"each times a block of steps lasting about {result['target_s']:g} s.",
+            f"Best float32 GEMM: {gemm['best_flops_per_s'] / 1e9:.1f} GFLOP/s at {best_shape}.",
+            "Speed-ups are peer median ÷ fusednn median (> 1: fusednn is faster); "
+            "× GEMM bound is median ÷ (step FLOPs at that GEMM rate).",
+        ]
         out += ["", summary_table(result), "", detail_table(result)]
     if report.get("cold_start"):
         out += ["", "## Cold start", "", cold_start_text(report["cold_start"])]

@@ -58,15 +58,17 @@ def gemm_flops_per_s(
 def measure_gemm(device: str, shapes: list[tuple[int, int, int]], min_time_s: float = 0.2) -> dict[str, Any]:
     """Throughput of each shape and of a big square on ``device`` (``"cpu"`` or ``"cuda"``), float32.
 
-    Returns ``{"best_flops_per_s", "best_shape", "shapes": [{"shape", "flops_per_s"}, ...]}``.
+    Returns ``{"device_name", "best_flops_per_s", "best_shape", "shapes": [{"shape", "flops_per_s"}, ...]}``.
     """
     if device == "cuda":
         from fusednn.backends.cuda_runtime import require_device
 
         xp = require_device(0)
         sync = xp.cuda.get_current_stream().synchronize
+        name = xp.cuda.runtime.getDeviceProperties(0)["name"]
+        device_name = name.decode() if isinstance(name, bytes) else str(name)
     else:
-        xp, sync = np, (lambda: None)
+        xp, sync, device_name = np, (lambda: None), "CPU (NumPy's BLAS)"
     edge = BIG_SQUARE[device]
     measured = [
         {
@@ -77,6 +79,7 @@ def measure_gemm(device: str, shapes: list[tuple[int, int, int]], min_time_s: fl
     ]
     best = max(measured, key=lambda row: row["flops_per_s"])
     return {
+        "device_name": device_name,
         "best_flops_per_s": best["flops_per_s"],
         "best_shape": best["shape"],
         "shapes": measured,

@@ -186,7 +186,7 @@ def _torch(config: Config, device: str, implementation: str | None) -> PeerStep:
         loss = loss_fn(model(x), y)
         loss.backward()
         optimizer.step()
-        return loss
+        return loss.detach()
 
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     info = {

@@ -70,22 +70,24 @@ def test_every_benchmark_file_runs_its_smoke_case():
     assert f"{devices * len(_smoke_functions())} passed" in done.stdout, done.stdout[-2000:]
 
 
+# One of each kind of peer; every peer's step is built and run in-process by test_every_peer_steps below.
+RUNNER_PEERS = ("fusednn", "numpy", "torch")
+
+
 def test_quick_compare_run_on_xor(tmp_path):
     out = tmp_path / "xor.json"
     done = _run(
         [
             "-m", "benchmarks.compare", "--quick", "--configs", "xor", "--repeats", "1", "--target-s", "0.005",
-            "--device", "cpu", "--no-cold-start", "--json", str(out),
+            "--device", "cpu", "--no-cold-start", "--json", str(out), "--peers", ",".join(RUNNER_PEERS),
         ],
         timeout=120,
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(out.read_text())
     rows = report["devices"]["cpu"]["results"]
-    assert [row["peer"] for row in rows] == list(peers_for("cpu"))
+    assert [row["peer"] for row in rows] == list(RUNNER_PEERS)
     for row in rows:
-        if row["peer"] == "jax" and "reason" in row:
-            continue  # not installed here
         assert row["median_us"] > 0 and len(row["us_per_step"]) == 1, row
     assert report["devices"]["cpu"]["gemm"]["best_flops_per_s"] > 0
     assert "| xor | fusednn |" in done.stdout
@@ -297,6 +299,17 @@ def test_numpy_mlp_matches_torch_for_two_adam_steps(name):
     for (weight, bias), layer in zip(mlp.layers, layers, strict=True):
         np.testing.assert_allclose(weight, layer.weight.detach().numpy().T, rtol=1e-10, atol=1e-12)
         np.testing.assert_allclose(bias, layer.bias.detach().numpy(), rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("peer", [p for p in PEERS if p != "jax" or importlib.util.find_spec("jax")])
+def test_every_peer_steps_and_reduces_the_loss(peer):
+    step = build_peer(peer, CONFIGS["digits"], "cpu")
+    losses = []
+    for _ in range(5):
+        losses.append(float(step.run()))
+        step.sync()
+    assert np.isfinite(losses).all() and losses[-1] < losses[0]
+    assert step.info["library"]
 
 
 def test_numpy_mlp_rejects_bad_arguments():
