@@ -80,24 +80,17 @@ def _median(results: list[dict[str, Any]], config: str, peer: str) -> float | No
 
 
 def detail_table(device_result: dict[str, Any]) -> str:
-    """Every peer of every configuration: min/median µs, samples/s, fusednn speed-up and GEMM-bound ratio."""
+    """Every peer of every configuration: min/median µs, samples/s, fusednn speed-up and GEMM-bound ratio.
+
+    "first step" is the peer's first training step in its worker (JIT compilation, or
+    loading kernels from a warm cache, and allocations), timed apart from the repeats.
+    """
     gemm = device_result.get("gemm", {}).get("best_flops_per_s")
     rows = []
     for row in device_result["results"]:
         config = CONFIGS[row["config"]]
         if "median_us" not in row:
-            rows.append(
-                [
-                    config.name,
-                    row["peer"],
-                    MISSING,
-                    MISSING,
-                    MISSING,
-                    MISSING,
-                    MISSING,
-                    row.get("reason", ""),
-                ]
-            )
+            rows.append([config.name, row["peer"], *[MISSING] * 6, row.get("reason", "")])
             continue
         bound = gemm_bound_us(config, gemm) if gemm else None
         fusednn = _median(device_result["results"], config.name, "fusednn")
@@ -110,19 +103,12 @@ def detail_table(device_result: dict[str, Any]) -> str:
                 format_rate(config.batch / row["median_us"] * 1e6),
                 format_ratio(ratio(row["median_us"], fusednn)),
                 format_ratio(ratio(row["median_us"], bound)),
-                row.get("note", ""),
+                format_ms(row.get("first_step_s")),
+                "",
             ]
         )
-    header = [
-        "config",
-        "peer",
-        "min µs",
-        "median µs",
-        "samples/s",
-        "fusednn speed-up",
-        "× GEMM bound",
-        "note",
-    ]
+    header = ["config", "peer", "min µs", "median µs", "samples/s", "fusednn speed-up", "× GEMM bound"]
+    header += ["first step ms", "note"]
     return markdown_table(header, rows, align_right_from=2)
 
 
