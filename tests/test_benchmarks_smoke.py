@@ -5,6 +5,7 @@ these tests check that every benchmark still runs and that the runner's arithmet
 tables, arguments and its NumPy peer are right.
 """
 
+# ruff: noqa: E402
 from __future__ import annotations
 
 import functools
@@ -14,6 +15,12 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+# `python -m pytest` puts the repository root on sys.path but the `pytest` script does not, and benchmarks/ is not
+# an installed package; the imports below need the root.
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
 
 import numpy as np
 import pytest
@@ -33,7 +40,6 @@ from benchmarks.report import (
 )
 from fusednn.backends.registry import cuda_device_count
 
-ROOT = Path(__file__).resolve().parent.parent
 BENCH_FILES = sorted(p.name for p in (ROOT / "benchmarks").glob("bench_*.py"))
 
 
