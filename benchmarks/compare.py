@@ -70,13 +70,14 @@ class Worker:
         self.ready = self._read()
 
     def _read(self) -> dict[str, Any]:
-        line = self.process.stdout.readline()
-        if not line:
-            self.process.wait(timeout=self._timeout_s)
-            self._stderr.seek(0)
-            tail = self._stderr.read().strip().splitlines()[-3:]
-            raise WorkerError(f"worker exited with status {self.process.returncode}: {' / '.join(tail)}")
-        return json.loads(line)
+        """The worker's next JSON line; anything else a library printed to stdout is skipped."""
+        for line in self.process.stdout:
+            if line.startswith("{"):
+                return json.loads(line)
+        self.process.wait(timeout=self._timeout_s)
+        self._stderr.seek(0)
+        tail = self._stderr.read().strip().splitlines()[-3:]
+        raise WorkerError(f"worker exited with status {self.process.returncode}: {' / '.join(tail)}")
 
     def run(self) -> float:
         """One timed block; returns µs per step."""
