@@ -7,6 +7,12 @@ function objects, because Numba's on-disk cache keys by function, not by
 flags). Importing this package imports Numba but compiles nothing; each
 kernel compiles on its first call and is cached on disk.
 
+.. warning::
+   Numba's cache checks only the source file of the function it caches. After
+   editing :mod:`.activations` or :mod:`.common`, delete the ``__pycache__``
+   (or ``$NUMBA_CACHE_DIR``) entries of the kernels that inline them
+   (:mod:`.dense`, :mod:`.optim`, ...), or they keep running the old code.
+
 Modules: :mod:`.common` (dtype-preserving constants, chunk bounds), :mod:`.activations`,
 :mod:`.dense`, :mod:`.losses`, :mod:`.optim`.
 """
