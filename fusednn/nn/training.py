@@ -426,7 +426,8 @@ def fit(
             ``fusednn.training`` logger at INFO level either way.
         early_stopping: an :class:`EarlyStopping`, consulted after every epoch.
         checkpoint: a path; :func:`fusednn.nn.save` writes the model, optimizer and history there
-            after every epoch (plus ``checkpoint_extra``).
+            after every epoch that ended with a finite loss, plus the JSON values in ``checkpoint_extra``
+            (whose ``"history"``, if any, is taken as earlier epochs' and continued).
         schedule, schedule_interval: a learning-rate schedule (see :mod:`fusednn.nn.schedules`)
             that sets ``optimizer.lr`` before every optimizer step (``"step"``) or every epoch (``"epoch"``).
         accumulate: micro-batches per optimizer step; each gradient is weighted by its share of
@@ -514,7 +515,10 @@ def fit(
         logger.info("epoch %d/%d: %s", epoch + 1, last, "  ".join(f"{k}={v:.6g}" for k, v in logs.items()))
         stop = early_stopping is not None and early_stopping._update(epoch, logs, model.parameters().data)
         if checkpoint is not None:
-            save(checkpoint, model, opt, history=history.history, **(checkpoint_extra or {}))
+            extra = dict(checkpoint_extra or {})
+            earlier = extra.pop("history", {})
+            merged = {key: list(earlier.get(key, [])) + values for key, values in history.history.items()}
+            save(checkpoint, model, opt, history=merged, **extra)
         if stop:
             logger.info("early stopping after epoch %d: %s did not improve", epoch + 1, early_stopping.monitor)
             break

@@ -60,7 +60,11 @@ class _Scaler:
         """Scale ``x (N, F)``; float32/float64 inputs keep their dtype, other numbers become float32."""
         x = self._check_fitted(x)
         dtype = x.dtype if x.dtype.kind == "f" and x.dtype.itemsize >= 4 else np.float32
-        return (x * self.scale_ + self.offset_).astype(dtype, copy=False)
+        # Statistics in the data's dtype: no float64 temporary of a (possibly huge) float32 array.
+        out = x.astype(dtype, copy=True)
+        out *= self.scale_.astype(dtype)
+        out += self.offset_.astype(dtype)
+        return out
 
     def fit_transform(self, x: Any) -> np.ndarray:
         """``fit(x)`` then ``transform(x)``."""
