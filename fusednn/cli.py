@@ -127,7 +127,10 @@ def _parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     opt = train.add_argument_group("optimisation")
     opt.add_argument("--optimizer", choices=list(nn.OPTIMIZERS), default="adam", help="optimizer")
     opt.add_argument(
-        "--lr", type=_positive_float, default=3e-3, help="learning rate (at --batch-size 256 with --lr-scaling linear)"
+        "--lr",
+        type=_positive_float,
+        default=2e-3,
+        help="learning rate; with --lr-scaling linear, the rate for a batch of 256 rows",
     )
     opt.add_argument("--momentum", type=_non_negative_float, default=None, help="momentum for sgd/rmsprop")
     opt.add_argument("--weight-decay", type=_non_negative_float, default=0.0, help="L2 weight decay in the optimizer")

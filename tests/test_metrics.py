@@ -18,6 +18,7 @@ label_pairs = st.integers(1, 40).flatmap(
 )
 
 
+@pytest.mark.filterwarnings("ignore:A single label was found:UserWarning")  # sklearn's note, not ours
 @settings(max_examples=40, deadline=None)
 @given(label_pairs)
 def test_classification_metrics_match_sklearn(pair: tuple[list[int], list[int]]) -> None:
