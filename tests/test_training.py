@@ -12,8 +12,8 @@ from conftest import TOLERANCES
 
 from fusednn import nn
 from fusednn.nn import schedules
+from fusednn.nn.callbacks import EarlyStopping
 from fusednn.nn.data import load_dataset, train_val_split, xor
-from fusednn.nn.training import EarlyStopping
 
 
 @pytest.fixture(scope="module")

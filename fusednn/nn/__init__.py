@@ -12,6 +12,7 @@
 """
 
 from . import data, metrics, schedules
+from .callbacks import EarlyStopping, History, NonFiniteLossError
 from .checkpoint import Checkpoint, load, save
 from .init import INITIALIZERS
 from .layers import Dense
@@ -27,7 +28,7 @@ from .losses import (
 from .model import MLP, Sequential
 from .optim import OPTIMIZERS, SGD, Adam, Optimizer, RMSprop, get_optimizer, optimizer_from_config
 from .parameters import ALIGNMENT, Parameters
-from .training import EarlyStopping, History, NonFiniteLossError, evaluate, fit
+from .training import evaluate, fit
 
 __all__ = [
     "ALIGNMENT",

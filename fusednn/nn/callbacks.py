@@ -1,0 +1,127 @@
+"""What a training run reports and how it stops: :class:`History`, :class:`EarlyStopping`, :class:`NonFiniteLossError`.
+
+:func:`fusednn.nn.fit` fills a :class:`History`, consults an :class:`EarlyStopping`
+after every epoch, and raises :class:`NonFiniteLossError` when the loss diverges.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from .optim import Optimizer
+
+logger = logging.getLogger("fusednn.training")
+
+Array = Any
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced a NaN or infinite loss; ``epoch`` and ``step`` (1-based) say where first."""
+
+    def __init__(self, epoch: int, step: int, value: float) -> None:
+        super().__init__(
+            f"Loss became {value} at epoch {epoch}, step {step}; training stopped and no checkpoint was "
+            "written for this epoch. Try a smaller learning rate or check the data for NaN/inf values"
+        )
+        self.epoch, self.step, self.value = epoch, step, value
+
+
+@dataclass
+class History:
+    """What :func:`fit` returns: one value per epoch for each logged quantity.
+
+    Attributes:
+        history: ``{"loss": [...], "accuracy": [...], "val_loss": [...], ...}``.
+        epoch: the epoch indices (0-based, continuing across resumed runs).
+        params: the settings of the run (epochs, batch size, seed, ...).
+        optimizer: the optimizer that trained the model (built by ``fit`` when given by name).
+    """
+
+    history: dict[str, list[float]] = field(default_factory=dict)
+    epoch: list[int] = field(default_factory=list)
+    params: dict[str, Any] = field(default_factory=dict)
+    optimizer: Optimizer | None = None
+
+    def _record(self, epoch: int, logs: dict[str, float]) -> None:
+        self.epoch.append(epoch)
+        for key, value in logs.items():
+            self.history.setdefault(key, []).append(value)
+
+
+_MAXIMISED = ("accuracy", "precision", "recall", "f1")
+
+
+class EarlyStopping:
+    """Stop when a monitored value has not improved for ``patience`` epochs, then restore the best weights.
+
+    Args:
+        monitor: a key of :attr:`History.history`, e.g. ``"val_loss"`` or ``"val_accuracy"``.
+        patience: epochs without improvement to tolerate before stopping.
+        mode: ``"min"``, ``"max"`` or ``"auto"`` (max for accuracy/precision/recall/F1, else min).
+        min_delta: the least change that counts as an improvement.
+        restore_best_weights: copy back the parameters of the best epoch when stopping or finishing.
+
+    After :func:`fit`, :attr:`best`, :attr:`best_epoch` and :attr:`stopped_epoch`
+    (``None`` if training ran to the end) describe what happened.
+
+    >>> stopper = EarlyStopping(monitor="val_accuracy", patience=3)
+    >>> stopper.mode
+    'max'
+    """
+
+    def __init__(
+        self,
+        monitor: str = "val_loss",
+        patience: int = 5,
+        mode: str = "auto",
+        min_delta: float = 0.0,
+        restore_best_weights: bool = True,
+    ) -> None:
+        if mode == "auto":
+            mode = "max" if any(word in monitor for word in _MAXIMISED) else "min"
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode must be 'min', 'max' or 'auto', got {mode!r}")
+        if isinstance(patience, bool) or not isinstance(patience, int) or patience < 0:
+            raise ValueError(f"patience must be a non-negative integer, got {patience!r}")
+        if not min_delta >= 0:
+            raise ValueError(f"min_delta must be non-negative, got {min_delta}")
+        self.monitor, self.patience, self.mode = monitor, patience, mode
+        self.min_delta, self.restore_best_weights = float(min_delta), restore_best_weights
+        self._reset()
+
+    def _reset(self) -> None:
+        self.best: float | None = None
+        self.best_epoch: int | None = None
+        self.stopped_epoch: int | None = None
+        self._wait = 0
+        self._best_weights: Array | None = None
+
+    def _improved(self, value: float) -> bool:
+        if self.best is None:
+            return True
+        if self.mode == "min":
+            return value < self.best - self.min_delta
+        return value > self.best + self.min_delta
+
+    def _update(self, epoch: int, logs: dict[str, float], params_data: Array) -> bool:
+        """Record the epoch's value; return True when training should stop."""
+        if self.monitor not in logs:
+            raise ValueError(f"EarlyStopping monitors {self.monitor!r}, which is not logged; logged: {sorted(logs)}")
+        value = logs[self.monitor]
+        if self._improved(value):
+            self.best, self.best_epoch, self._wait = value, epoch, 0
+            if self.restore_best_weights:
+                self._best_weights = params_data.copy()  # a device-side copy; nothing crosses to the host
+            return False
+        self._wait += 1
+        if self._wait > self.patience:
+            self.stopped_epoch = epoch
+            return True
+        return False
+
+    def _restore(self, params_data: Array) -> None:
+        if self.restore_best_weights and self._best_weights is not None:
+            params_data[...] = self._best_weights
+            logger.info("restored the weights of epoch %d (%s = %.6g)", self.best_epoch + 1, self.monitor, self.best)
