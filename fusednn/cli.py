@@ -144,7 +144,12 @@ def _parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
         help=f"linear: multiply --lr by batch-size * accumulate / {BASE_BATCH}",
     )
     opt.add_argument("--warmup-epochs", type=_non_negative_float, default=0.0, help="linear learning-rate warm-up")
-    opt.add_argument("--schedule", choices=list(schedules.SCHEDULES), default="constant", help="learning-rate decay")
+    opt.add_argument(
+        "--schedule",
+        choices=list(schedules.SCHEDULES),
+        default="constant",
+        help="learning-rate decay: step multiplies by 0.1 every third of --epochs, cosine anneals to 0 over --epochs",
+    )
     opt.add_argument(
         "--early-stopping",
         type=_positive_int,
@@ -156,7 +161,12 @@ def _parsers() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
 
     run = train.add_argument_group("output")
     run.add_argument("--out", default=None, help="output directory (default: runs/<data set name>)")
-    run.add_argument("--resume", default=None, metavar="PATH", help="continue from this checkpoint")
+    run.add_argument(
+        "--resume",
+        default=None,
+        metavar="PATH",
+        help="continue from this checkpoint (its model, optimizer and scaler replace the model flags) up to --epochs",
+    )
     run.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
     return parser, train
 
