@@ -297,7 +297,7 @@ def train(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         f"{type(optimizer).__name__} lr={setup['lr']:.3g}, batch {args.batch_size} x {args.accumulate}",
         flush=True,
     )
-    remaining = args.epochs - int(getattr(model, "epochs_trained", 0))
+    remaining = args.epochs - int(model.epochs_trained)
     extra = {"scaler": setup["scaler"].state_dict() if setup["scaler"] else None, "args": vars(args)}
     checkpoint = out / "checkpoint.npz"
     history = dict(setup["history"])

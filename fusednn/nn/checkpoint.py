@@ -110,7 +110,7 @@ def save(path: str | os.PathLike, model: Sequential, optimizer: Optimizer | None
         "device": model.device,
         "optimizer": optimizer_config,
         "step": step,
-        "epoch": int(getattr(model, "epochs_trained", 0)),
+        "epoch": int(model.epochs_trained),
         "extra": extra,
         "checksum": _checksum(arrays),
     }

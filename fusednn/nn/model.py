@@ -64,6 +64,8 @@ class Sequential:
                 )
         self.layers = layers
         self.seed = seed
+        #: Epochs completed by :func:`fusednn.nn.fit`; travels in checkpoints so a resumed run continues.
+        self.epochs_trained = 0
         self.backend: Backend = fusednn.backend(device)
         shapes = [shape for layer in layers for shape in layer.parameter_shapes]
         self._params = Parameters(shapes, self.backend, resolve_dtype(dtype))

@@ -374,7 +374,7 @@ def fit(
         schedule_interval == "step",
         metric_list,
     )
-    first = int(getattr(model, "epochs_trained", 0))
+    first = int(model.epochs_trained)
     last = first + epochs
     history = History(
         params={
