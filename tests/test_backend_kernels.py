@@ -167,8 +167,11 @@ def test_dense_forward_backward_match_reference(
     y, z = be.dense_forward(x, W, b, activation)
     assert y.shape == z.shape == (n, n_out) and y.dtype == z.dtype == np.dtype(dtype)
     assert (y is z) == (activation == "identity")
-    assert_close(be, z, z_ref, dtype)
-    assert_close(be, y, y_ref, dtype)
+    # GEMM results differ by summation order between BLAS kernels (and cuBLAS): in float32 an element with
+    # cancellation (|z| ~ 1e-2 from terms ~ 10) keeps only an absolute accuracy of about K * eps * 10.
+    gemm = {"atol": 2e-5 * max(n_in, n)} if dtype == "float32" else {}
+    assert_close(be, z, z_ref, dtype, **gemm)
+    assert_close(be, y, y_ref, dtype, **gemm)
 
     dW_ref, db_ref = REF.zeros((n_in, n_out), dtype), REF.zeros(n_out, dtype)
     dx_ref = REF.dense_backward(
@@ -181,12 +184,12 @@ def test_dense_forward_backward_match_reference(
         flat = be.zeros(n_in * n_out + n_out + 3, dtype)
         dW, db = flat[: n_in * n_out].reshape(n_in, n_out), flat[n_in * n_out + 3 :]
     dx = be.dense_backward(x, W, z, y, put(be, dy_h, dtype, transposed), activation, dW, db)
-    assert_close(be, dx, dx_ref, dtype)
-    assert_close(be, dW, dW_ref, dtype)
-    assert_close(be, db, db_ref, dtype)
+    assert_close(be, dx, dx_ref, dtype, **gemm)
+    assert_close(be, dW, dW_ref, dtype, **gemm)
+    assert_close(be, db, db_ref, dtype, **gemm)
     if not transposed:
-        assert_close(be, flat[: n_in * n_out], dW_ref.reshape(-1), dtype)
-        assert_close(be, flat[n_in * n_out + 3 :], db_ref, dtype)
+        assert_close(be, flat[: n_in * n_out], dW_ref.reshape(-1), dtype, **gemm)
+        assert_close(be, flat[n_in * n_out + 3 :], db_ref, dtype, **gemm)
     assert be.dense_backward(x, W, z, y, put(be, dy_h, dtype), activation, dW, db, need_dx=False) is None
 
 

@@ -36,6 +36,15 @@ def _log_normaliser(x: np.ndarray) -> tuple[float, float]:
     return m, math.log(s)
 
 
+@njit(**_JIT)
+def _sum_in_order(values: np.ndarray) -> float:
+    """Sum in index order (a ``.sum()`` inside a parallel function would itself run in parallel, in another order)."""
+    total = 0.0
+    for i in range(values.shape[0]):
+        total += values[i]
+    return total
+
+
 @njit(inline="always", **_JIT)
 def _label_row(x: np.ndarray, label: int, grad: np.ndarray, n: float) -> float:
     m, log_s = _log_normaliser(x)
@@ -58,41 +67,47 @@ def _probability_row(x: np.ndarray, t: np.ndarray, grad: np.ndarray, n: float) -
     return loss
 
 
+# The drivers store each row's loss and sum the rows afterwards in row order:
+# the total is then the same for any thread count, and the parallel loops
+# carry no reduction variable (a prange reduction over an inlined row body hit
+# a parfor assertion, "unexpected cycle in lookup()", in another Numba release).
+
+
 @njit(**_JIT)
 def cross_entropy_labels(logits: np.ndarray, labels: np.ndarray, grad: np.ndarray) -> float:
     """Summed loss over the rows of ``logits (N, C)`` with int64 ``labels (N,)``; fills ``grad (N, C)``. Serial."""
     n = like(logits[0, 0], logits.shape[0])
-    total = 0.0
+    row_loss = np.empty(logits.shape[0])
     for i in range(logits.shape[0]):
-        total += _label_row(logits[i], labels[i], grad[i], n)
-    return total
+        row_loss[i] = _label_row(logits[i], labels[i], grad[i], n)
+    return _sum_in_order(row_loss)
 
 
 @njit(parallel=True, **_JIT)
 def cross_entropy_labels_parallel(logits: np.ndarray, labels: np.ndarray, grad: np.ndarray) -> float:
     """:func:`cross_entropy_labels` with rows on Numba's threads."""
     n = like(logits[0, 0], logits.shape[0])
-    total = 0.0
+    row_loss = np.empty(logits.shape[0])
     for i in numba.prange(logits.shape[0]):
-        total += _label_row(logits[i], labels[i], grad[i], n)
-    return total
+        row_loss[i] = _label_row(logits[i], labels[i], grad[i], n)
+    return _sum_in_order(row_loss)
 
 
 @njit(**_JIT)
 def cross_entropy_probabilities(logits: np.ndarray, target: np.ndarray, grad: np.ndarray) -> float:
     """Summed loss over the rows of ``logits (N, C)`` with class probabilities ``target (N, C)``. Serial."""
     n = like(logits[0, 0], logits.shape[0])
-    total = 0.0
+    row_loss = np.empty(logits.shape[0])
     for i in range(logits.shape[0]):
-        total += _probability_row(logits[i], target[i], grad[i], n)
-    return total
+        row_loss[i] = _probability_row(logits[i], target[i], grad[i], n)
+    return _sum_in_order(row_loss)
 
 
 @njit(parallel=True, **_JIT)
 def cross_entropy_probabilities_parallel(logits: np.ndarray, target: np.ndarray, grad: np.ndarray) -> float:
     """:func:`cross_entropy_probabilities` with rows on Numba's threads."""
     n = like(logits[0, 0], logits.shape[0])
-    total = 0.0
+    row_loss = np.empty(logits.shape[0])
     for i in numba.prange(logits.shape[0]):
-        total += _probability_row(logits[i], target[i], grad[i], n)
-    return total
+        row_loss[i] = _probability_row(logits[i], target[i], grad[i], n)
+    return _sum_in_order(row_loss)
