@@ -175,7 +175,37 @@ class CudaBackend(Backend):
         self.xp.cuda.Device(self.device.index).synchronize()
 
     def _contiguous(self, x: Array) -> Array:
+        """``x`` itself when C-contiguous, else a C-contiguous copy: the kernels index flat row-major memory."""
         return self.xp.ascontiguousarray(x)
+
+    def _output(self, out: Array | None, like: Array, name: str) -> tuple[Array, bool]:
+        """A C-contiguous array for a kernel to write, and whether it must then be copied into ``out``.
+
+        A new array like ``like`` when ``out`` is None; ``out`` itself when it is
+        C-contiguous; otherwise a contiguous temporary, which :meth:`_copy_back`
+        writes into the strided view ``out`` after the launch (as the NumPy
+        reference accepts any layout).
+        """
+        if out is None:
+            return self.xp.empty_like(like, order="C"), False
+        self._check_same_dtype(**{name: out, "input": like})
+        self._check_shape(out, like.shape, name)
+        if out.flags.c_contiguous:
+            return out, False
+        return self.xp.empty_like(like, order="C"), True
+
+    @contextlib.contextmanager
+    def _updated_in_place(self, *arrays: Array | None) -> Iterator[list[Array | None]]:
+        """Yield C-contiguous stand-ins for buffers a kernel reads and updates; copy them back into strided ones.
+
+        Contiguous buffers (the usual case) are yielded as they are, so the
+        kernel updates them directly.
+        """
+        staged = [a if a is None or a.flags.c_contiguous else self.xp.ascontiguousarray(a) for a in arrays]
+        yield staged
+        for original, stand_in in zip(arrays, staged, strict=True):
+            if stand_in is not original:
+                original[...] = stand_in
 
     # ------------------------------------------------------------------ matmul
 
@@ -202,9 +232,12 @@ class CudaBackend(Backend):
         """Apply activation ``name`` elementwise with one kernel: ``h = act(z)``."""
         code = check_activation(name)
         z = self._contiguous(self.check(z, "z"))
-        out = self._output(out, z, "out")
-        self._launch("activation_forward", z.dtype, z.size, z, out, z.size, code)
-        return out
+        h, copy_back = self._output(out, z, "out")
+        self._launch("activation_forward", z.dtype, z.size, z, h, z.size, code)
+        if copy_back:
+            out[...] = h
+            return out
+        return h
 
     def activation_backward(self, name: str, z: Array, h: Array, dh: Array, out: Array | None = None) -> Array:
         """Chain rule through activation ``name`` with one kernel: ``dz = dh * act'(z)``."""
@@ -213,17 +246,12 @@ class CudaBackend(Backend):
         if not (z.shape == h.shape == dh.shape):
             raise ValueError(f"z, h and dh must share one shape, got {z.shape}, {h.shape}, {dh.shape}")
         z, h, dh = self._contiguous(z), self._contiguous(h), self._contiguous(dh)
-        out = self._output(out, z, "out")
-        self._launch("activation_backward", z.dtype, z.size, z, h, dh, out, z.size, code)
-        return out
-
-    def _output(self, out: Array | None, like: Array, name: str) -> Array:
-        """A new array like ``like``, or ``out`` after checking it can receive the result."""
-        if out is None:
-            return self.xp.empty_like(like)
-        self._check_same_dtype(**{name: out, "input": like})
-        self._check_shape(out, like.shape, name)
-        return out
+        dz, copy_back = self._output(out, z, "out")
+        self._launch("activation_backward", z.dtype, z.size, z, h, dh, dz, z.size, code)
+        if copy_back:
+            out[...] = dz
+            return out
+        return dz
 
     # ------------------------------------------------------------ dense layer
 
@@ -262,13 +290,17 @@ class CudaBackend(Backend):
         """Backward of :meth:`dense_forward`: one kernel for ``dz`` and ``db``, then two cuBLAS GEMMs.
 
         The kernel computes ``dz = dy * act'(z)`` and reduces ``db = sum(dz, axis=0)``
-        in the same pass; ``dW = x^T dz`` is written straight into ``dW``.
+        in the same pass; ``dW = x^T dz`` is written straight into ``dW``. Any
+        layout of the inputs and of the ``dW``/``db`` views is accepted: strided
+        ones go through contiguous copies.
         """
         code = self._check_dense_backward(x, W, z, y, dy, activation, dW, db)
         z, y, dy = self._contiguous(z), self._contiguous(y), self._contiguous(dy)
         rows, cols = dy.shape
-        dz = dy if activation == "identity" else self.xp.empty_like(dy)
-        db.fill(0)
+        # For identity dz = dy * 1 is dy bit for bit, so the kernel may write it over dy.
+        dz = dy if activation == "identity" else self.xp.empty_like(dy, order="C")
+        db_out, db_copy_back = self._output(db, db, "db")
+        db_out.fill(0)
         rows_per_chunk = bias_grad_rows_per_chunk(rows, cols)
         items = -(-rows // rows_per_chunk) * cols
         self._launch(
@@ -279,13 +311,18 @@ class CudaBackend(Backend):
             y,
             dy,
             dz,
-            db,
+            db_out,
             rows,
             cols,
             rows_per_chunk,
             code,
         )
-        self.matmul(x, dz, transpose_a=True, out=dW)
+        if db_copy_back:
+            db[...] = db_out
+        dW_out, dW_copy_back = self._output(dW, dW, "dW")
+        self.matmul(x, dz, transpose_a=True, out=dW_out)
+        if dW_copy_back:
+            dW[...] = dW_out
         return self.matmul(dz, W, transpose_b=True) if need_dx else None
 
     # ------------------------------------------------------------------ losses
@@ -325,6 +362,7 @@ class CudaBackend(Backend):
     # -------------------------------------------------------------- optimizers
     # One launch per step over the flat buffer. A buffer the hyperparameters do
     # not use is never read by the kernel, so ``param`` stands in for it.
+    # Strided parameters or state go through contiguous copies written back after.
 
     def sgd_step(
         self,
@@ -341,23 +379,23 @@ class CudaBackend(Backend):
     ) -> None:
         """One fused ``torch.optim.SGD`` step (rule in the base class)."""
         self._check_optimizer_state(param, grad, momentum_buffer=(momentum_buffer, bool(momentum)))
-        buffer = param if momentum_buffer is None else momentum_buffer
-        self._launch(
-            "sgd_step",
-            param.dtype,
-            param.size,
-            param,
-            self._contiguous(grad),
-            buffer,
-            param.size,
-            lr,
-            momentum,
-            1.0 - dampening,
-            weight_decay,
-            bool(momentum),
-            bool(nesterov),
-            bool(first_step),
-        )
+        with self._updated_in_place(param, momentum_buffer) as (param_c, buffer_c):
+            self._launch(
+                "sgd_step",
+                param.dtype,
+                param.size,
+                param_c,
+                self._contiguous(grad),
+                param_c if buffer_c is None else buffer_c,
+                param.size,
+                lr,
+                momentum,
+                1.0 - dampening,
+                weight_decay,
+                bool(momentum),
+                bool(nesterov),
+                bool(first_step),
+            )
 
     def rmsprop_step(
         self,
@@ -382,25 +420,27 @@ class CudaBackend(Backend):
             grad_avg=(grad_avg, centered),
             momentum_buffer=(momentum_buffer, momentum > 0),
         )
-        self._launch(
-            "rmsprop_step",
-            param.dtype,
-            param.size,
-            param,
-            self._contiguous(grad),
-            square_avg,
-            param if grad_avg is None else grad_avg,
-            param if momentum_buffer is None else momentum_buffer,
-            param.size,
-            lr,
-            alpha,
-            1.0 - alpha,
-            eps,
-            weight_decay,
-            momentum,
-            bool(centered),
-            momentum > 0,
-        )
+        with self._updated_in_place(param, square_avg, grad_avg, momentum_buffer) as staged:
+            param_c, square_avg_c, grad_avg_c, momentum_buffer_c = staged
+            self._launch(
+                "rmsprop_step",
+                param.dtype,
+                param.size,
+                param_c,
+                self._contiguous(grad),
+                square_avg_c,
+                param_c if grad_avg_c is None else grad_avg_c,
+                param_c if momentum_buffer_c is None else momentum_buffer_c,
+                param.size,
+                lr,
+                alpha,
+                1.0 - alpha,
+                eps,
+                weight_decay,
+                momentum,
+                bool(centered),
+                momentum > 0,
+            )
 
     def adam_step(
         self,
@@ -427,25 +467,27 @@ class CudaBackend(Backend):
             max_exp_avg_sq=(max_exp_avg_sq, amsgrad),
         )
         step_size, bias_correction2_sqrt = adam_scalars(lr, beta1, beta2, step)
-        self._launch(
-            "adam_step",
-            param.dtype,
-            param.size,
-            param,
-            self._contiguous(grad),
-            exp_avg,
-            exp_avg_sq,
-            param if max_exp_avg_sq is None else max_exp_avg_sq,
-            param.size,
-            step_size,
-            bias_correction2_sqrt,
-            1.0 - beta1,
-            beta2,
-            1.0 - beta2,
-            eps,
-            weight_decay,
-            bool(amsgrad),
-        )
+        with self._updated_in_place(param, exp_avg, exp_avg_sq, max_exp_avg_sq) as staged:
+            param_c, exp_avg_c, exp_avg_sq_c, max_exp_avg_sq_c = staged
+            self._launch(
+                "adam_step",
+                param.dtype,
+                param.size,
+                param_c,
+                self._contiguous(grad),
+                exp_avg_c,
+                exp_avg_sq_c,
+                param_c if max_exp_avg_sq_c is None else max_exp_avg_sq_c,
+                param.size,
+                step_size,
+                bias_correction2_sqrt,
+                1.0 - beta1,
+                beta2,
+                1.0 - beta2,
+                eps,
+                weight_decay,
+                bool(amsgrad),
+            )
 
 
 def _run_on_device(method: Callable[..., Any]) -> Callable[..., Any]:
