@@ -228,6 +228,24 @@ def test_dense_forward_and_backward(cuda, ref, name, n, n_in, n_out, dtype):
     assert cuda.dense_backward(xs, Ws, z, y, cuda.asarray(dy), name, dW, db, need_dx=False) is None
 
 
+def test_bias_gradient_and_loss_are_the_same_bits_on_every_run(cuda, dtype):
+    # Many rows per column: with atomics the chunk sums would land in a varying order.
+    rng = np.random.default_rng(3)
+    x, W = cuda.asarray(rng.normal(size=(20000, 8)), dtype), cuda.asarray(rng.normal(size=(8, 10)), dtype)
+    y, z = cuda.dense_forward(x, W, cuda.zeros(10, dtype), "tanh")
+    dy = cuda.asarray(rng.normal(size=(20000, 10)), dtype)
+    labels = cuda.asindex(rng.integers(0, 10, size=20000))
+    runs = []
+    for _ in range(5):
+        dW, db = cuda.zeros((8, 10), dtype), cuda.zeros(10, dtype)
+        cuda.dense_backward(x, W, z, y, dy, "tanh", dW, db, need_dx=False)
+        loss, _ = cuda.softmax_cross_entropy(z, labels)
+        runs.append((cuda.to_numpy(db), cuda.to_float(loss)))
+    for db_host, loss_value in runs[1:]:
+        np.testing.assert_array_equal(db_host, runs[0][0])
+        assert loss_value == runs[0][1]
+
+
 def test_dense_shape_errors(cuda):
     x, W, b = cuda.zeros((4, 3)), cuda.zeros((3, 2)), cuda.zeros(5)
     with pytest.raises(ValueError, match="dense shapes disagree"):

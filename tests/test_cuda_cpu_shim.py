@@ -145,11 +145,14 @@ def test_activation_grad_bias_reduce(shim, ref, name, rows, cols, dtype):
     dz_ref = ref.activation_backward(name, z, y, dy)
     db_ref = dz_ref.sum(axis=0)
     chunkings = {1, 7, rows, bias_grad_rows_per_chunk(rows, cols)}
-    for config in CONFIGS:
-        for rows_per_chunk in chunkings:
+    for rows_per_chunk in chunkings:
+        chunks = -(-rows // rows_per_chunk)
+        db_first = None
+        for config in CONFIGS:
             dz = dy.copy() if name == "identity" else np.full_like(dy, np.nan)
             source = dz if name == "identity" else dy  # identity runs in place on dy, as the backend does
-            db = np.zeros(cols, dtype=dtype)
+            partials = np.full((chunks, cols), np.nan, dtype=dtype)
+            db = np.full(cols, np.nan, dtype=dtype)
             shim(
                 "activation_grad_bias_reduce",
                 dtype,
@@ -158,15 +161,24 @@ def test_activation_grad_bias_reduce(shim, ref, name, rows, cols, dtype):
                 y,
                 source,
                 dz,
-                db,
+                partials,
                 rows,
                 cols,
                 rows_per_chunk,
                 ACTIVATION_CODES[name],
             )
+            shim("bias_grad_sum_chunks", dtype, config, partials, db, chunks, cols)
             assert_close(dz, dz_ref, dtype)
+            # Each partial is its chunk's rows added in order; db adds the partials in order.
+            expected_partials = [dz_ref[c * rows_per_chunk : (c + 1) * rows_per_chunk] for c in range(chunks)]
+            for c, block in enumerate(expected_partials):
+                assert_close(partials[c], block.sum(axis=0), dtype, scale=rows_per_chunk)
             # A sum of `rows` terms in another order: absolute error grows with the row count.
             assert_close(db, db_ref, dtype, scale=rows)
+            # No atomics: the same bits under every launch configuration.
+            if db_first is None:
+                db_first = db.copy()
+            np.testing.assert_array_equal(db, db_first)
 
 
 @pytest.mark.parametrize(("rows", "cols"), [(1, 1), (17, 5), (1000, 10)])
@@ -183,7 +195,7 @@ def test_softmax_cross_entropy_labels_and_probabilities(shim, ref, rows, cols, d
         loss_ref, grad_ref = ref.softmax_cross_entropy(logits, target)
         for config in CONFIGS:
             grad = np.full_like(logits, np.nan)
-            loss = np.zeros((), dtype=dtype)
+            row_loss = np.full(rows, np.nan, dtype=dtype)
             shim(
                 kernel,
                 dtype,
@@ -191,20 +203,21 @@ def test_softmax_cross_entropy_labels_and_probabilities(shim, ref, rows, cols, d
                 logits,
                 target,
                 grad,
-                loss,
+                row_loss,
                 rows,
                 cols,
                 1.0 / rows,
             )
             assert_close(grad, grad_ref, dtype)
-            assert_close(loss, loss_ref, dtype, scale=rows)
+            # The backend's loss is the mean of the per-row losses.
+            assert_close(row_loss.sum() / rows, loss_ref, dtype, scale=rows)
 
 
 @pytest.mark.parametrize("bad_label", [-1, 3])
 def test_out_of_range_label_makes_the_loss_nan(shim, bad_label):
     logits = np.zeros((2, 3))
     labels = np.array([0, bad_label], dtype=np.int64)
-    loss = np.zeros(())
+    row_loss = np.zeros(2)
     shim(
         "softmax_xent_labels",
         np.float64,
@@ -212,12 +225,12 @@ def test_out_of_range_label_makes_the_loss_nan(shim, bad_label):
         logits,
         labels,
         np.empty_like(logits),
-        loss,
+        row_loss,
         2,
         3,
         0.5,
     )
-    assert np.isnan(loss)
+    assert row_loss[0] == np.log(3) and np.isnan(row_loss[1])
 
 
 SGD_CASES = [

@@ -287,10 +287,13 @@ class CudaBackend(Backend):
         db: Array,
         need_dx: bool = True,
     ) -> Array | None:
-        """Backward of :meth:`dense_forward`: one kernel for ``dz`` and ``db``, then two cuBLAS GEMMs.
+        """Backward of :meth:`dense_forward`: two kernels for ``dz`` and ``db``, then two cuBLAS GEMMs.
 
-        The kernel computes ``dz = dy * act'(z)`` and reduces ``db = sum(dz, axis=0)``
-        in the same pass; ``dW = x^T dz`` is written straight into ``dW``. Any
+        The first kernel computes ``dz = dy * act'(z)`` and, in the same pass,
+        column sums of ``dz`` over fixed chunks of rows; the second adds the
+        chunks in order into ``db``. No atomics, so ``db`` is the same bits on
+        every run (resuming from a checkpoint is exact). ``dW = x^T dz`` is
+        written straight into ``dW``. Any
         layout of the inputs and of the ``dW``/``db`` views is accepted: strided
         ones go through contiguous copies.
         """
@@ -300,23 +303,24 @@ class CudaBackend(Backend):
         # For identity dz = dy * 1 is dy bit for bit, so the kernel may write it over dy.
         dz = dy if activation == "identity" else self.xp.empty_like(dy, order="C")
         db_out, db_copy_back = self._output(db, db, "db")
-        db_out.fill(0)
         rows_per_chunk = bias_grad_rows_per_chunk(rows, cols)
-        items = -(-rows // rows_per_chunk) * cols
+        chunks = -(-rows // rows_per_chunk)
+        partials = self.xp.empty((chunks, cols), dtype=dy.dtype)
         self._launch(
             "activation_grad_bias_reduce",
             dy.dtype,
-            items,
+            chunks * cols,
             z,
             y,
             dy,
             dz,
-            db_out,
+            partials,
             rows,
             cols,
             rows_per_chunk,
             code,
         )
+        self._launch("bias_grad_sum_chunks", dy.dtype, cols, partials, db_out, chunks, cols)
         if db_copy_back:
             db[...] = db_out
         dW_out, dW_copy_back = self._output(dW, dW, "dW")
@@ -336,6 +340,9 @@ class CudaBackend(Backend):
     def softmax_cross_entropy(self, logits: Array, target: Array) -> tuple[Array, Array]:
         """Fused softmax + cross-entropy in one kernel (one thread per row); see the base class for the maths.
 
+        The kernel writes each row's loss; their mean is a fixed-order CuPy
+        reduction, so the loss is the same bits on every run.
+
         A label outside ``[0, C)`` makes the loss NaN rather than raising, so the
         step never waits for the GPU.
         """
@@ -343,7 +350,7 @@ class CudaBackend(Backend):
         logits = self._contiguous(logits)
         rows, cols = logits.shape
         grad = self.xp.empty_like(logits)
-        loss = self.xp.zeros((), dtype=logits.dtype)
+        row_loss = self.xp.empty(rows, dtype=logits.dtype)
         kernel = "softmax_xent_labels" if target.ndim == 1 else "softmax_xent_probs"
         self._launch(
             kernel,
@@ -352,12 +359,12 @@ class CudaBackend(Backend):
             logits,
             target,
             grad,
-            loss,
+            row_loss,
             rows,
             cols,
             1.0 / rows,
         )
-        return loss, grad
+        return row_loss.sum() / rows, grad
 
     # -------------------------------------------------------------- optimizers
     # One launch per step over the flat buffer. A buffer the hyperparameters do

@@ -2,9 +2,8 @@
 // so the very same .cu files build into a host library the tests call through ctypes.
 //
 // The qualifiers vanish, the built-in index variables become globals, math comes
-// from <cmath> (overloaded for float and double like the CUDA builtins), atomicAdd
-// is a plain add, and shim_launch runs every (block, thread) of a launch one after
-// another. That is faithful for kernels without shared memory or __syncthreads,
+// from <cmath> (overloaded for float and double like the CUDA builtins), and
+// shim_launch runs every (block, thread) of a launch one after another. That is faithful for kernels without shared memory or __syncthreads,
 // which is how the fusednn kernels are written.
 #pragma once
 
@@ -31,13 +30,6 @@ using std::log1p;
 using std::nan;
 using std::sqrt;
 using std::tanh;
-
-template <typename T>
-inline T atomicAdd(T* address, T value) {
-    const T old = *address;
-    *address = old + value;
-    return old;
-}
 
 template <typename... Params, typename... Args>
 inline void shim_launch(int grid, int block, void (*kernel)(Params...), Args... args) {

@@ -91,13 +91,16 @@ __global__ void bias_activation_forward(T* z, const T* b, T* y, long long rows, 
     }
 }
 
-// Dense backward, first half: dz = dy * act'(z) and db = sum over rows of dz.
-// One work item per (column, chunk of rows_per_chunk rows); neighbouring
-// threads take neighbouring columns so the loads coalesce, and each item adds
-// its partial sum into db with one atomicAdd (db must be zeroed beforehand).
+// Dense backward, first half: dz = dy * act'(z) and per-chunk column sums of dz.
+// One work item per (chunk of rows_per_chunk rows, column); neighbouring
+// threads take neighbouring columns so the loads coalesce. Each item writes
+// its partial sum to partials[chunk * cols + col] instead of adding it into
+// db atomically: atomics would add the chunks in whatever order the threads
+// finish, so db (and a resumed training run) would differ in the last bit from
+// run to run. bias_grad_sum_chunks then adds the chunks in a fixed order.
 // dz may be dy itself (identity).
 template <typename T>
-__global__ void activation_grad_bias_reduce(const T* z, const T* y, const T* dy, T* dz, T* db, long long rows,
+__global__ void activation_grad_bias_reduce(const T* z, const T* y, const T* dy, T* dz, T* partials, long long rows,
                                             long long cols, long long rows_per_chunk, int act) {
     const long long chunks = (rows + rows_per_chunk - 1) / rows_per_chunk;
     const long long items = chunks * cols;
@@ -113,6 +116,21 @@ __global__ void activation_grad_bias_reduce(const T* z, const T* y, const T* dy,
             dz[i] = g;
             partial += g;
         }
-        atomicAdd(db + col, partial);
+        partials[item] = partial;
+    }
+}
+
+// Dense backward, second half: db[col] = sum over chunks of partials[chunk, col],
+// one thread per column adding the chunks in order, so the result is the same
+// bits on every run for a given shape.
+template <typename T>
+__global__ void bias_grad_sum_chunks(const T* partials, T* db, long long chunks, long long cols) {
+    const long long stride = (long long)blockDim.x * gridDim.x;
+    for (long long col = (long long)blockIdx.x * blockDim.x + threadIdx.x; col < cols; col += stride) {
+        T total = T(0);
+        for (long long c = 0; c < chunks; ++c) {
+            total += partials[c * cols + col];
+        }
+        db[col] = total;
     }
 }

@@ -39,7 +39,7 @@ grid still covers any size; 4096 blocks of 256 fill the largest current GPUs
 
 BIAS_GRAD_TARGET_ITEMS = 65536
 """Work items the bias-gradient reduction aims for: enough threads to fill a GPU,
-few enough that each thread sums a run of rows before its one atomicAdd."""
+few enough that each thread sums a run of rows into its one partial sum."""
 
 _INT32_RANGE = (-(2**31), 2**31 - 1)
 
@@ -68,10 +68,13 @@ def launch_config(items: int, block_size: int = BLOCK_SIZE, max_grid: int = MAX_
 
 
 def bias_grad_rows_per_chunk(rows: int, cols: int, target_items: int = BIAS_GRAD_TARGET_ITEMS) -> int:
-    """Rows each work item of ``activation_grad_bias_reduce`` sums before its atomicAdd.
+    """Rows each work item of ``activation_grad_bias_reduce`` sums into one partial sum.
 
     Splits the rows into enough chunks that ``chunks * cols`` reaches about
-    ``target_items`` (never fewer than one row per chunk).
+    ``target_items`` (never fewer than one row per chunk). A pure function of
+    the shape, never of the GPU or the launch grid, so the chunks (and the order
+    ``bias_grad_sum_chunks`` adds them in) and hence ``db`` are the same bits on
+    every run.
 
     >>> bias_grad_rows_per_chunk(rows=4096, cols=64)
     4
