@@ -141,6 +141,14 @@ def test_optimizer_steps_update_strided_parameters_and_state_in_place(sim, dtype
         assert_close(actual[name], value, dtype)
 
 
+@pytest.mark.parametrize(("logit", "dtype"), [(32.0, "float32"), (16384.0, "float64"), (1e4, "float32")])
+def test_cross_entropy_of_large_equal_logits_is_exact(sim, logit, dtype):
+    loss, grad = sim.softmax_cross_entropy(sim.asarray([[logit, logit]], dtype), sim.asindex(np.array([0])))
+    # p = (1/2, 1/2) exactly: the shifted computation never subtracts two large numbers.
+    np.testing.assert_array_equal(np.asarray(grad), np.array([[-0.5, 0.5]], dtype))
+    np.testing.assert_allclose(float(loss), np.log(2.0), rtol=TOLERANCES[dtype]["rtol"])
+
+
 def test_cross_entropy_takes_transposed_logits_and_probabilities(sim, dtype):
     logits_h, probs_h = values((7, 4)), np.random.default_rng(5).dirichlet(np.ones(7), size=4).T
     logits = sim.asarray(np.ascontiguousarray(logits_h.T), dtype).T

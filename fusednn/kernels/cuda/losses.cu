@@ -9,19 +9,22 @@
 // No shared memory or __syncthreads, so the CPU shim in tests/cuda_shim/ runs
 // the same code serially.
 
-// Row statistics for a stable log-softmax: log p_c = x_c - shift, with
-// shift = max + log(sum_c exp(x_c - max)).
+// Row statistics for a stable softmax: the maximum m and s = sum_c exp(x_c - m).
+// Then p_c = exp(x_c - m) / s and log p_c = (x_c - m) - log(s). Everything is
+// computed on the shifted values x_c - m: folding m into one absolute shift
+// m + log(s) and subtracting it from x_c would cancel away the low bits of
+// log(s) when the logits are large (logits [32, 32] in float32 gave a gradient
+// row summing to 1.4e-6 instead of 0). As fusednn/kernels/cpu/losses.py does.
 template <typename T>
-__device__ __forceinline__ T log_softmax_shift(const T* x, long long cols) {
-    T m = x[0];
+__device__ __forceinline__ void softmax_stats(const T* x, long long cols, T& m, T& s) {
+    m = x[0];
     for (long long c = 1; c < cols; ++c) {
         m = x[c] > m ? x[c] : m;
     }
-    T s = T(0);
+    s = T(0);
     for (long long c = 0; c < cols; ++c) {
         s += exp(x[c] - m);
     }
-    return m + log(s);
 }
 
 // Integer class labels (rows,), each in [0, cols). A label outside that range
@@ -34,12 +37,13 @@ __global__ void softmax_xent_labels(const T* logits, const long long* labels, T*
     for (long long r = (long long)blockIdx.x * blockDim.x + threadIdx.x; r < rows; r += stride) {
         const T* x = logits + r * cols;
         T* g = grad + r * cols;
-        const T shift = log_softmax_shift(x, cols);
+        T m, s;
+        softmax_stats(x, cols, m, s);
         const long long t = labels[r];
         for (long long c = 0; c < cols; ++c) {
-            g[c] = (exp(x[c] - shift) - (c == t ? T(1) : T(0))) * inv_n;
+            g[c] = (exp(x[c] - m) / s - (c == t ? T(1) : T(0))) * inv_n;
         }
-        row_loss[r] = t >= 0 && t < cols ? shift - x[t] : T(nan(""));
+        row_loss[r] = t >= 0 && t < cols ? log(s) - (x[t] - m) : T(nan(""));
     }
 }
 
@@ -53,15 +57,17 @@ __global__ void softmax_xent_probs(const T* logits, const T* target, T* grad, T*
         const T* x = logits + r * cols;
         const T* t = target + r * cols;
         T* g = grad + r * cols;
-        const T shift = log_softmax_shift(x, cols);
+        T m, s;
+        softmax_stats(x, cols, m, s);
+        const T log_s = log(s);
         T weight = T(0);
         T loss = T(0);
         for (long long c = 0; c < cols; ++c) {
             weight += t[c];
-            loss += t[c] * (shift - x[c]);
+            loss += t[c] * (log_s - (x[c] - m));
         }
         for (long long c = 0; c < cols; ++c) {
-            g[c] = (exp(x[c] - shift) * weight - t[c]) * inv_n;
+            g[c] = (exp(x[c] - m) / s * weight - t[c]) * inv_n;
         }
         row_loss[r] = loss;
     }
