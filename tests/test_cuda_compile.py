@@ -6,6 +6,13 @@ No GPU needed: NVRTC runs through CuPy's low-level ``cupy.cuda.nvrtc`` binding
 CuPy adds), and nvcc builds a generated unit that explicitly instantiates every
 template with the signature of the kernel table. Both report register spills
 through ``ptxas -v``; none are expected. A planted syntax error must fail both.
+
+Some NVRTC releases (the one on a GPU test machine) print no ``ptxas -v``
+report for sm_90 although they print one for sm_80. For those releases only,
+the NVRTC test checks the entry points in the compiled CUBIN instead and says
+that the spill report comes from nvcc alone; releases verified to print the
+report (:data:`NVRTC_FULL_REPORT_VERSIONS`, this repository's dev wheel) must
+pass the full check.
 """
 
 from __future__ import annotations
@@ -25,6 +32,8 @@ from fusednn.kernels.cuda.sources import (
 
 ARCHS = ("sm_80", "sm_90")
 CUPY_ADDED_OPTIONS = ("-ftz=true",)  # what cupy.RawModule appends besides -arch
+NVRTC_FULL_REPORT_VERSIONS = {(13, 5)}
+"""NVRTC releases verified to print the ptxas report for every arch in ARCHS; no fallback for them."""
 
 
 def _nvrtc():
@@ -38,8 +47,8 @@ def _nvrtc():
 
 
 @functools.cache
-def nvrtc_compile(text: str, source: str, arch: str) -> tuple[dict[str, str], str]:
-    """Compile ``text`` like the backend's RawModule does; return (lowered names by expression, ptxas log)."""
+def nvrtc_compile(text: str, source: str, arch: str) -> tuple[dict[str, str], str, bytes]:
+    """Compile ``text`` like the backend's RawModule does; return (lowered names by expression, ptxas log, CUBIN)."""
     nvrtc = _nvrtc()
     program = nvrtc.createProgram(text, source, [], [])
     try:
@@ -57,7 +66,7 @@ def nvrtc_compile(text: str, source: str, arch: str) -> tuple[dict[str, str], st
         except nvrtc.NVRTCError as error:
             raise RuntimeError(f"NVRTC failed on {source}:\n{nvrtc.getProgramLog(program)}") from error
         lowered = {expression: nvrtc.getLoweredName(program, expression) for expression in expressions}
-        return lowered, nvrtc.getProgramLog(program)
+        return lowered, nvrtc.getProgramLog(program), nvrtc.getCUBIN(program)
     finally:
         nvrtc.destroyProgram(program)
 
@@ -107,9 +116,20 @@ def lowered_names() -> dict[str, str]:
 @pytest.mark.parametrize("arch", ARCHS)
 @pytest.mark.parametrize("source", SOURCE_FILES)
 def test_nvrtc_compiles_every_instantiation(source, arch):
-    lowered, log = nvrtc_compile(source_text(source), source, arch)
+    lowered, log, cubin = nvrtc_compile(source_text(source), source, arch)
     assert set(lowered) == set(name_expressions(source))
-    assert_entries_without_spills(ptxas_report(log), set(lowered.values()), arch, f"NVRTC {source}")
+    report, version = ptxas_report(log), _nvrtc().getVersion()
+    if report or version in NVRTC_FULL_REPORT_VERSIONS:
+        assert_entries_without_spills(report, set(lowered.values()), arch, f"NVRTC {source}")
+        return
+    # This NVRTC release ignored --ptxas-options=-v for arch: check what it built instead.
+    assert cubin[:4] == b"\x7fELF", "NVRTC produced no CUBIN"
+    missing = sorted(name for name in lowered.values() if name.encode() not in cubin)
+    assert not missing, f"entry points missing from the {arch} CUBIN: {missing}"
+    print(
+        f"\nNVRTC {version} printed no ptxas report for {arch}: checked the {len(lowered)} entry points in its "
+        "CUBIN; the spill report for this arch comes from nvcc only (test_nvcc_compiles_with_warnings_as_errors)"
+    )
 
 
 def test_every_kernel_of_the_table_has_two_lowered_names(lowered_names):
