@@ -32,7 +32,7 @@ from typing import Any
 
 from .configs import CONFIGS, DEVICE_KINDS, select_configs
 from .peers import PEERS, peers_for
-from .report import cold_start_text, detail_table, summarize_times, summary_table
+from .report import MISSING, cold_start_text, detail_table, summarize_times, summary_table
 
 LOAD_WARNING = 0.5
 """A 1-minute load average above this at the start draws a warning: the machine is not quiet."""
@@ -278,7 +278,8 @@ def render(report: dict[str, Any]) -> str:
             for b in machine["blas"]
         ),
         f"Command: `{report['command']}`",
-        f"1-minute load average at the start: {machine['load_average']} (other processes steal time from the timings).",
+        f"1-minute load average at the start: {machine['load_average']}, at the end of the timings: "
+        f"{report.get('load_average_at_end', MISSING)} (other processes steal time from the timings).",
     ]
     for name, value in machine["env"].items():
         out.append(
@@ -418,6 +419,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "repeats": args.repeats,
             "target_s": args.target_s,
         }
+    report["load_average_at_end"] = round(os.getloadavg()[0], 2)
     if args.cold_start:
         _log("cold start")
         report["cold_start"] = {

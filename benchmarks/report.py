@@ -24,9 +24,11 @@ MISSING = "–"
 
 
 def format_us(us: float | None) -> str:
-    """Microseconds with a precision that suits their size (``'21.7'``, ``'1,234'``)."""
+    """Microseconds with a precision that suits their size (``'0.00153'``, ``'21.7'``, ``'1,234'``)."""
     if us is None:
         return MISSING
+    if us < 1:
+        return f"{us:.3g}"
     return f"{us:.1f}" if us < 100 else f"{us:,.0f}"
 
 
@@ -58,16 +60,18 @@ def summarize_times(us_per_step: list[float]) -> dict[str, float]:
     return {"min_us": min(us_per_step), "median_us": statistics.median(us_per_step)}
 
 
-def markdown_table(header: list[str], rows: list[list[str]], align_right_from: int = 1) -> str:
-    """A GitHub markdown table; columns from ``align_right_from`` on are right-aligned (numbers).
+def markdown_table(header: list[str], rows: list[list[str]], align: str) -> str:
+    """A GitHub markdown table; ``align`` has one letter per column, ``l`` (text) or ``r`` (numbers).
 
     Raises:
-        ValueError: a row's length differs from the header's.
+        ValueError: a row's length, or ``align``'s, differs from the header's.
     """
+    if len(align) != len(header) or set(align) - {"l", "r"}:
+        raise ValueError(f"align must be one 'l' or 'r' per column ({len(header)}), got {align!r}")
     for row in rows:
         if len(row) != len(header):
             raise ValueError(f"Row {row!r} has {len(row)} cells; the header has {len(header)}")
-    rule = ["---" if i < align_right_from else "---:" for i in range(len(header))]
+    rule = ["---:" if letter == "r" else "---" for letter in align]
     lines = ["| " + " | ".join(cells) + " |" for cells in [header, rule, *rows]]
     return "\n".join(lines)
 
@@ -109,7 +113,7 @@ def detail_table(device_result: dict[str, Any]) -> str:
         )
     header = ["config", "peer", "min µs", "median µs", "samples/s", "fusednn speed-up", "× GEMM bound"]
     header += ["first step ms", "note"]
-    return markdown_table(header, rows, align_right_from=2)
+    return markdown_table(header, rows, align="llrrrrrrl")
 
 
 def summary_table(device_result: dict[str, Any]) -> str:
@@ -149,7 +153,7 @@ def summary_table(device_result: dict[str, Any]) -> str:
         "GEMM bound µs",
         "fusednn × bound",
     ]
-    return markdown_table(header, rows, align_right_from=2)
+    return markdown_table(header, rows, align="llrrrrrrrr")
 
 
 def cold_start_text(cold: dict[str, Any]) -> str:
@@ -164,28 +168,14 @@ def cold_start_text(cold: dict[str, Any]) -> str:
     rows = []
     for device, entry in cold.get("devices", {}).items():
         if "reason" in entry:
-            rows.append([device, MISSING, MISSING, MISSING, entry["reason"]])
+            rows.append([device, MISSING, MISSING, MISSING, MISSING, entry["reason"]])
             continue
         for cache in ("empty", "warm"):
             run = entry[cache]
-            rows.append(
-                [
-                    device,
-                    cache,
-                    format_ms(run["build_s"]),
-                    format_ms(run["first_step_s"]),
-                    entry.get("config", ""),
-                ]
-            )
+            rows.append([device, entry["config"], cache, format_ms(run["build_s"]), format_ms(run["first_step_s"]), ""])
     if rows:
-        header = [
-            "device",
-            "JIT/kernel cache",
-            "import + build ms",
-            "first step ms",
-            "config",
-        ]
-        lines += ["", markdown_table(header, rows, align_right_from=2)]
+        header = ["device", "config", "JIT/kernel cache", "import + build ms", "first step ms", "note"]
+        lines += ["", markdown_table(header, rows, align="lllrrl")]
     return "\n".join(lines)
 
 

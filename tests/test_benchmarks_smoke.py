@@ -220,10 +220,17 @@ def test_summary_table_ratios():
 
 
 def test_markdown_table_shape_and_errors():
-    table = markdown_table(["a", "b"], [["x", "1"]])
+    table = markdown_table(["a", "b"], [["x", "1"]], align="lr")
     assert table.splitlines() == ["| a | b |", "| --- | ---: |", "| x | 1 |"]
     with pytest.raises(ValueError, match="has 1 cells; the header has 2"):
-        markdown_table(["a", "b"], [["x"]])
+        markdown_table(["a", "b"], [["x"]], align="lr")
+    with pytest.raises(ValueError, match="one 'l' or 'r' per column"):
+        markdown_table(["a", "b"], [["x", "1"]], align="lc")
+
+
+def test_number_formats():
+    assert format_us(0.0015308) == "0.00153" and format_us(21.74) == "21.7" and format_us(1234.5) == "1,234"
+    assert format_ratio(0.91234) == "0.912" and format_ratio(12.345) == "12.3" and format_ratio(59879.2) == "59,879"
 
 
 def test_cold_start_text():
@@ -237,8 +244,8 @@ def test_cold_start_text():
     }  # fmt: skip
     text = cold_start_text(cold)
     assert "`import fusednn`: 100.0 ms min, 200.0 ms median over 3" in text
-    assert "| cpu | empty | 500.0 | 4,000.0 | digits |" in text
-    assert "| cuda | – | – | – | no GPU |" in text
+    assert "| cpu | digits | empty | 500.0 | 4,000.0 |  |" in text
+    assert "| cuda | – | – | – | – | no GPU |" in text
 
 
 # ------------------------------------------------------------------ arguments
