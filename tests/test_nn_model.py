@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import GPU_SKIP_REASON, HAS_GPU
 
 import fusednn
 from fusednn import nn
@@ -214,6 +215,33 @@ def test_backends_agree_at_every_step_of_training(fast_device: str, dtype: str) 
         np.testing.assert_allclose(loss_b, loss_a, **tol, err_msg=f"loss at step {step}")
         for a, b in zip(w_a, w_b, strict=True):
             np.testing.assert_allclose(b, a, **tol, err_msg=f"weights after step {step}")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_GPU, reason=GPU_SKIP_REASON)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_cuda_and_cpu_agree_over_a_50_step_training_run(dtype: str) -> None:
+    """The same model, data and optimizer on cuda and cpu stay together for 50 mini-batch steps."""
+    tol = {"float64": {"rtol": 1e-9, "atol": 1e-11}, "float32": {"rtol": 2e-3, "atol": 2e-4}}[dtype]
+    rng = np.random.default_rng(11)
+    x, y = rng.normal(size=(512, 20)), rng.integers(0, 5, size=512)
+    traces = []
+    for device in ("cpu", "cuda"):
+        model = nn.MLP([20, 64, 32, 5], activation="relu", device=device, dtype=dtype, seed=7, l2=1e-4)
+        opt = nn.Adam(model.parameters(), lr=3e-3, weight_decay=1e-4)
+        loss_fn = nn.get_loss("categorical_crossentropy", device=device)
+        losses = []
+        for step in range(50):
+            batch = slice(64 * (step % 8), 64 * (step % 8) + 64)
+            loss, dout = loss_fn(model.forward(x[batch]), y[batch])
+            model.backward(dout, need_input_grad=False)
+            opt.step()
+            losses.append(loss)
+        traces.append(([float(v) for v in losses], model.get_weights()))
+    (cpu_losses, cpu_weights), (cuda_losses, cuda_weights) = traces
+    np.testing.assert_allclose(cuda_losses, cpu_losses, **tol)
+    for a, b in zip(cpu_weights, cuda_weights, strict=True):
+        np.testing.assert_allclose(b, a, **tol)
 
 
 # -------------------------------------------------------------------- XOR
