@@ -108,12 +108,20 @@ def detail_table(device_result: dict[str, Any]) -> str:
                 format_ratio(ratio(row["median_us"], fusednn)),
                 format_ratio(ratio(row["median_us"], bound)),
                 format_ms(row.get("first_step_s")),
-                "",
+                describe_peer(row.get("info", {})),
             ]
         )
     header = ["config", "peer", "min µs", "median µs", "samples/s", "fusednn speed-up", "× GEMM bound"]
     header += ["first step ms", "note"]
     return markdown_table(header, rows, align="llrrrrrrl")
+
+
+def describe_peer(info: dict[str, Any]) -> str:
+    """The library a worker reported and its thread count, e.g. ``'torch 2.13.0+cpu, 2 threads'``."""
+    parts = [info["library"]] if "library" in info else []
+    if "threads" in info:
+        parts.append(f"{info['threads']} threads")
+    return ", ".join(parts)
 
 
 def summary_table(device_result: dict[str, Any]) -> str:
