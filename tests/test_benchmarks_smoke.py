@@ -182,7 +182,12 @@ def test_select_configs():
 def _device_result() -> dict:
     rows = [
         {"config": "digits", "peer": "fusednn", "first_step_s": 0.25, **summarize_times([100.0, 120.0, 110.0])},
-        {"config": "digits", "peer": "torch", **summarize_times([300.0, 330.0])},
+        {
+            "config": "digits",
+            "peer": "torch",
+            "info": {"library": "torch 9", "threads": 2},
+            **summarize_times([300.0, 330.0]),
+        },
         {"config": "digits", "peer": "numpy", **summarize_times([200.0])},
         {"config": "digits", "peer": "jax", "reason": "JAX and optax are not installed"},
     ]
@@ -207,6 +212,7 @@ def test_detail_table_cells():
     assert cells["fusednn"][5] == format_ratio(1.0)
     assert cells["fusednn"][7] == "250.0"
     assert "not installed" in cells["jax"][-1]
+    assert cells["torch"][-1] == "torch 9, 2 threads"
 
 
 def test_summary_table_ratios():
