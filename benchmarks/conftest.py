@@ -30,8 +30,11 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collect_file(parent: pytest.Collector, file_path: Path) -> pytest.Module | None:
-    """Collect ``bench_*.py`` as test modules, so benchmark files never look like unit tests."""
-    if file_path.suffix == ".py" and file_path.name.startswith("bench_"):
+    """Collect ``bench_*.py`` as test modules, so benchmark files never look like unit tests.
+
+    A file named on the command line is collected by pytest itself whatever its name, so it is left to pytest.
+    """
+    if file_path.suffix == ".py" and file_path.name.startswith("bench_") and not parent.session.isinitpath(file_path):
         return pytest.Module.from_parent(parent, path=file_path)
     return None
 
