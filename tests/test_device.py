@@ -6,9 +6,12 @@ import subprocess
 import sys
 import types
 
+import numpy as np
 import pytest
+from conftest import HAS_GPU
 
 import fusednn
+from fusednn import backends
 from fusednn.backends import cuda_runtime, registry
 from fusednn.backends.device import Device, default_device_string, parse_device
 
@@ -154,3 +157,28 @@ def test_import_loads_neither_numba_nor_cupy() -> None:
     code = "import sys, fusednn; print(sorted(m for m in ('numba', 'cupy') if m in sys.modules))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+def test_backend_of_gives_host_arrays_the_default_device(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FUSEDNN_DEVICE", "numpy")
+    assert backends.backend_of(np.zeros(3)) is fusednn.backend("numpy")
+    assert backends.backend_of([1.0, 2.0], default="cpu") is fusednn.backend("cpu")
+
+
+@pytest.mark.skipif(HAS_GPU, reason="checks the error raised without a usable GPU")
+def test_backend_of_a_gpu_array_asks_for_its_gpu() -> None:
+    class FakeGpuArray:
+        __cuda_array_interface__ = {"shape": (1,), "typestr": "<f4", "data": (0, False), "version": 3}
+        device = type("Dev", (), {"id": 1})()
+
+    with pytest.raises(RuntimeError, match="cuda"):
+        backends.backend_of(FakeGpuArray())
+    with pytest.raises(RuntimeError, match="cuda"):
+        backends.to_host(FakeGpuArray())
+
+
+def test_to_host_copies_lists_and_numpy_arrays() -> None:
+    host = backends.to_host([[1.0, 2.0]])
+    assert isinstance(host, np.ndarray) and host.shape == (1, 2)
+    a = np.arange(3.0)
+    assert backends.to_host(a) is a

@@ -4,7 +4,7 @@ from ..kernels.activation_codes import ACTIVATIONS
 from .base import Backend, check_activation
 from .device import Device, parse_device
 from .dtypes import FLOAT_DTYPES, resolve_dtype
-from .registry import available_devices, backend
+from .registry import available_devices, backend, backend_of, to_host
 
 __all__ = [
     "ACTIVATIONS",
@@ -13,7 +13,9 @@ __all__ = [
     "FLOAT_DTYPES",
     "available_devices",
     "backend",
+    "backend_of",
     "check_activation",
     "parse_device",
     "resolve_dtype",
+    "to_host",
 ]

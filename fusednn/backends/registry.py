@@ -10,6 +10,8 @@ import importlib
 import threading
 from collections.abc import Callable
 
+import numpy as np
+
 from .base import Backend
 from .device import Device, default_device_string, parse_device
 
@@ -76,3 +78,26 @@ def available_devices() -> list[str]:
     devices = ["numpy", "cpu"]
     devices.extend(f"cuda:{index}" for index in range(cuda_device_count()))
     return devices
+
+
+def _cuda_index(x: object) -> int | None:
+    """The GPU index of a CUDA array (CuPy or any ``__cuda_array_interface__`` array with a device id), else None."""
+    if not hasattr(x, "__cuda_array_interface__"):
+        return None
+    index = getattr(getattr(x, "device", None), "id", None)
+    return int(index) if index is not None else 0
+
+
+def backend_of(x: object, default: str | Device | None = None) -> Backend:
+    """The backend whose device holds ``x``: ``cuda:N`` for a GPU array, else ``backend(default)``.
+
+    Host arrays (NumPy, lists) live on no particular host backend, so they get the default device.
+    """
+    index = _cuda_index(x)
+    return backend(default) if index is None else backend(Device("cuda", index))
+
+
+def to_host(x: object) -> np.ndarray:
+    """Copy any array fusednn handles (NumPy, CuPy, lists) into a NumPy array on the host."""
+    index = _cuda_index(x)
+    return np.asarray(x) if index is None else backend(Device("cuda", index)).to_numpy(x)

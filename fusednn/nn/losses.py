@@ -19,8 +19,7 @@ import numpy as np
 
 import fusednn
 
-from ..backends import Backend
-from ..backends.base import describe_location
+from ..backends import Backend, backend_of
 
 Array = Any
 
@@ -47,8 +46,7 @@ class Loss:
         """The backend that computes on ``out`` (see the module docstring)."""
         if self.device is not None:
             return fusednn.backend(self.device)
-        location = describe_location(out)
-        return fusednn.backend(location if location.startswith("cuda:") else None)
+        return backend_of(out)
 
     def __call__(self, out: Array, target: Any) -> tuple[Array, Array]:
         """Return ``(loss, dL/dout)``: a 0-d array and an array of ``out``'s shape, on ``out``'s device.

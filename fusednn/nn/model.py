@@ -9,7 +9,7 @@ import numpy as np
 
 import fusednn
 
-from ..backends import Backend, resolve_dtype
+from ..backends import Backend, resolve_dtype, to_host
 from .layers import Dense
 from .parameters import Parameters
 
@@ -217,7 +217,7 @@ class Sequential:
             raise ValueError(f"Expected {len(shapes)} weight arrays, got {len(weights)}")
         checked = []
         for index, (w, shape) in enumerate(zip(weights, shapes, strict=True)):
-            w = self.backend.to_numpy(w) if hasattr(w, "__cuda_array_interface__") else np.asarray(w)
+            w = to_host(w)
             if w.dtype.kind != "f":
                 raise TypeError(f"Weight {index} has dtype {w.dtype.name!r}; expected a floating-point array")
             if tuple(w.shape) != shape:
