@@ -43,6 +43,10 @@ class _FakeCupy:
     ndarray = SimArray
     cuda = SimpleNamespace(Device=lambda index: contextlib.nullcontext())
 
+    @staticmethod
+    def asnumpy(a: Any) -> np.ndarray:
+        return np.array(a, copy=True).view(np.ndarray)
+
     def __getattr__(self, name: str) -> Any:
         function = getattr(np, name)
         if name in ("asarray", "ascontiguousarray", "array", "zeros", "empty", "arange"):
