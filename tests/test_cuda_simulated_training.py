@@ -8,6 +8,7 @@ kernels built for the CPU, and comparing every step with the NumPy reference.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 
 import numpy as np
@@ -101,3 +102,19 @@ def test_simulated_cuda_fit_checkpoint_and_move_to_cpu(sim_cuda: str, tmp_path) 
     for a, b in zip(model.get_weights(), restored.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
     np.testing.assert_allclose(model.predict(data.x), restored.predict(data.x), rtol=1e-5, atol=1e-6)
+
+
+def test_fit_runs_its_array_arithmetic_under_the_models_gpu(sim_cuda: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """fit's own gradient accumulation uses CuPy directly; it must do so with the model's GPU current."""
+    backend = registry.backend(sim_cuda)
+    entered = []
+    monkeypatch.setattr(type(backend), "activate", lambda self: _recording(entered, self.device.index))
+    data = nn.data.load_dataset("xor", rows=32)
+    model = nn.MLP([2, 4, 2], device=sim_cuda, seed=0)
+    nn.fit(model, data.x, data.y, optimizer="sgd", lr=0.1, epochs=2, batch_size=8, accumulate=2, progress=False)
+    assert entered == [0, 0]
+
+
+def _recording(log: list[int], index: int) -> contextlib.AbstractContextManager[None]:
+    log.append(index)
+    return contextlib.nullcontext()

@@ -20,8 +20,10 @@ Conventions shared by every method:
 
 from __future__ import annotations
 
+import contextlib
 import math
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from types import ModuleType
 from typing import Any
 
@@ -163,6 +165,15 @@ class Backend:
 
     def synchronize(self) -> None:
         """Wait until every operation queued on this device has finished (no-op on the CPU)."""
+
+    def activate(self) -> AbstractContextManager[Any]:
+        """A context in which plain array arithmetic (``a += b``, ``a[i] = v``) runs on this device.
+
+        Backend methods already run on their own device; code that also operates on
+        arrays directly (a training loop accumulating gradients) wraps that code in
+        ``with backend.activate():``. A no-op on the host.
+        """
+        return contextlib.nullcontext()
 
     def take_rows(self, x: Array, indices: Array) -> Array:
         """Gather rows ``x[indices]`` (a mini-batch) into a new contiguous array."""
@@ -581,12 +592,12 @@ class Backend:
     ) -> None:
         """One RMSprop step, as ``torch.optim.RMSprop`` (eps added outside the square root)::
 
-            g = grad + weight_decay * param
-            square_avg = alpha * square_avg + (1 - alpha) * g^2
-            avg = sqrt(square_avg - grad_avg^2) + eps, grad_avg = alpha * grad_avg + (1 - alpha) * g  (centered)
-            avg = sqrt(square_avg) + eps                                                            (otherwise)
-            buf = momentum * buf + g / avg; param -= lr * buf   (momentum > 0)
-            param -= lr * g / avg                               (otherwise)
+        g = grad + weight_decay * param
+        square_avg = alpha * square_avg + (1 - alpha) * g^2
+        avg = sqrt(square_avg - grad_avg^2) + eps, grad_avg = alpha * grad_avg + (1 - alpha) * g  (centered)
+        avg = sqrt(square_avg) + eps                                                            (otherwise)
+        buf = momentum * buf + g / avg; param -= lr * buf   (momentum > 0)
+        param -= lr * g / avg                               (otherwise)
         """
         self._check_optimizer_state(
             param,

@@ -121,6 +121,10 @@ class CudaBackend(Backend):
     def _on_device(self) -> Any:
         return self.xp.cuda.Device(self.device.index)
 
+    def activate(self) -> Any:
+        """Make this backend's GPU current (``cupy.cuda.Device(N)``) for direct CuPy arithmetic in the block."""
+        return self._on_device()
+
     # ------------------------------------------------------------------ arrays
 
     def _import_array(self, x: Any) -> Array:

@@ -122,6 +122,13 @@ def _has_penalty(model: Any) -> bool:
 def _evaluate_data(
     model: Any, loss: Loss, data: _Data, metric_list: list[metrics_module.Metric], batch_size: int
 ) -> dict[str, float]:
+    with model.backend.activate():  # the loop writes into device buffers directly
+        return _evaluate_on_device(model, loss, data, metric_list, batch_size)
+
+
+def _evaluate_on_device(
+    model: Any, loss: Loss, data: _Data, metric_list: list[metrics_module.Metric], batch_size: int
+) -> dict[str, float]:
     backend = model.backend
     steps = math.ceil(data.n / batch_size)
     step_losses = backend.zeros(steps, model.dtype)
@@ -190,6 +197,11 @@ class _Loop:
     metric_list: list[metrics_module.Metric]
 
     def run_epoch(self, epoch: int, bar: Any) -> dict[str, float]:
+        """Train one epoch; returns its logs. The loop's direct array arithmetic runs on the model's device."""
+        with self.model.backend.activate():
+            return self._run_epoch(epoch, bar)
+
+    def _run_epoch(self, epoch: int, bar: Any) -> dict[str, float]:
         model, backend, data, batch = self.model, self.model.backend, self.data, self.batch_size
         params = model.parameters()
         steps = math.ceil(data.n / batch)
