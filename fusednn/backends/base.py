@@ -205,6 +205,10 @@ class Backend:
             raise TypeError(f"Operands must share one dtype, got {listed}")
         return next(iter(dtypes.values()))
 
+    def _scalar(self, value: Any, dtype: np.dtype) -> Array:
+        """``value`` as a 0-d array of ``dtype`` on this device (NumPy reductions return scalars, not arrays)."""
+        return self.xp.asarray(value, dtype=dtype)
+
     @staticmethod
     def _check_shape(x: Array, shape: tuple[int, ...], name: str) -> None:
         if tuple(x.shape) != tuple(shape):
@@ -435,7 +439,7 @@ class Backend:
         else:
             loss = -(target * log_p).sum() / n
             grad = (p * target.sum(axis=1, keepdims=True) - target) / n
-        return loss.astype(logits.dtype), grad
+        return self._scalar(loss, logits.dtype), grad
 
     def _check_cross_entropy_target(self, logits: Array, target: Array) -> Array:
         """Check :meth:`softmax_cross_entropy`'s operands; return ``target`` (labels as int64).
@@ -483,19 +487,19 @@ class Backend:
         xp = self.xp
         size = logits.size
         loss = (xp.maximum(logits, 0) - logits * target + xp.log1p(xp.exp(-xp.abs(logits)))).sum() / size
-        return loss.astype(logits.dtype), (self._sigmoid(logits) - target) / size
+        return self._scalar(loss, logits.dtype), (self._sigmoid(logits) - target) / size
 
     def mean_squared_error(self, pred: Array, target: Array) -> tuple[Array, Array]:
         """``loss = mean((pred - target)^2)``, ``dpred = 2 (pred - target) / size``."""
         self._check_same_dtype(pred=pred, target=target)
         diff = pred - target
-        return (diff * diff).sum().astype(pred.dtype) / pred.size, diff * (2 / pred.size)
+        return self._scalar((diff * diff).sum() / pred.size, pred.dtype), diff * (2 / pred.size)
 
     def mean_absolute_error(self, pred: Array, target: Array) -> tuple[Array, Array]:
         """``loss = mean(|pred - target|)``, ``dpred = sign(pred - target) / size`` (0 where equal)."""
         self._check_same_dtype(pred=pred, target=target)
         diff = pred - target
-        return self.xp.abs(diff).sum().astype(pred.dtype) / pred.size, self.xp.sign(diff) / pred.size
+        return self._scalar(self.xp.abs(diff).sum() / pred.size, pred.dtype), self.xp.sign(diff) / pred.size
 
     # ---------------------------------------------------------- regularisation
 
@@ -508,7 +512,7 @@ class Backend:
             penalty = penalty + l1 * xp.abs(W).sum()
         if l2:
             penalty = penalty + l2 * (W * W).sum()
-        return penalty.astype(W.dtype)
+        return self._scalar(penalty, W.dtype)
 
     def add_l1_l2_gradient(self, W: Array, dW: Array, l1: float, l2: float) -> None:
         """Add the penalty's gradient ``l1 * sign(W) + 2 * l2 * W`` to ``dW`` in place."""
