@@ -199,11 +199,20 @@ class Backend:
 
     def _check_same_dtype(self, **arrays: Array) -> np.dtype:
         """Check every named array with :meth:`check` and that all share one dtype."""
-        dtypes = {name: self.check(a, name).dtype for name, a in arrays.items()}
-        if len(set(dtypes.values())) > 1:
-            listed = ", ".join(f"{name}={dt.name}" for name, dt in dtypes.items())
+        # A plain loop: this runs several times per training step, and building
+        # a dict and a set of the dtypes cost more than the checks themselves.
+        dtype = None
+        same = True
+        for name, a in arrays.items():
+            a_dtype = self.check(a, name).dtype
+            if dtype is None:
+                dtype = a_dtype
+            elif a_dtype != dtype:
+                same = False
+        if not same:
+            listed = ", ".join(f"{name}={a.dtype.name}" for name, a in arrays.items())
             raise TypeError(f"Operands must share one dtype, got {listed}")
-        return next(iter(dtypes.values()))
+        return dtype
 
     def _scalar(self, value: Any, dtype: np.dtype) -> Array:
         """``value`` as a 0-d array of ``dtype`` on this device (NumPy reductions return scalars, not arrays)."""
