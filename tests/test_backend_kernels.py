@@ -193,6 +193,25 @@ def test_dense_forward_backward_match_reference(
     assert be.dense_backward(x, W, z, y, put(be, dy_h, dtype), activation, dW, db, need_dx=False) is None
 
 
+@pytest.mark.parametrize("activation", ["identity", "sigmoid", "relu"])
+def test_unchecked_dense_paths_equal_the_checked_ones(fast_backend: Backend, dtype: str, activation: str) -> None:
+    """nn's layers call ``_dense_*_unchecked`` on operands they keep valid; the results are the public methods' bits."""
+    be, (n, n_in, n_out) = fast_backend, (9, 5, 4)
+    x, W, b = (
+        put(be, _values((n, n_in)), dtype),
+        put(be, _values((n_in, n_out), 1), dtype),
+        put(be, _values(n_out, 2), dtype),
+    )
+    dy = put(be, _values((n, n_out), 3), dtype)
+    y, z = be.dense_forward(x, W, b, activation)
+    y_fast, z_fast = be._dense_forward_unchecked(x, W, b, activation)
+    grads = [(be.zeros((n_in, n_out), dtype), be.zeros(n_out, dtype)) for _ in range(2)]
+    dx = be.dense_backward(x, W, z, y, dy, activation, *grads[0])
+    dx_fast = be._dense_backward_unchecked(x, W, z_fast, y_fast, dy, activation, *grads[1], need_dx=True)
+    for expected, actual in [(y, y_fast), (z, z_fast), (dx, dx_fast), *zip(grads[0], grads[1], strict=True)]:
+        np.testing.assert_array_equal(be.to_numpy(actual), be.to_numpy(expected))
+
+
 # --------------------------------------------------------------------- losses
 
 
@@ -307,9 +326,19 @@ N_STEPS = 4
 
 
 def run_optimizer(
-    be: Backend, kind: str, config: dict, param0: np.ndarray, grads: list[np.ndarray], dtype: str, strided: bool = False
+    be: Backend,
+    kind: str,
+    config: dict,
+    param0: np.ndarray,
+    grads: list[np.ndarray],
+    dtype: str,
+    strided: bool = False,
+    unchecked: bool = False,
 ) -> dict[str, np.ndarray]:
-    """Run ``len(grads)`` steps on ``be``; return the parameter and every state buffer on the host."""
+    """Run ``len(grads)`` steps on ``be``; return the parameter and every state buffer on the host.
+
+    ``unchecked`` calls the ``_<kind>_step_unchecked`` fast path that nn's optimizers use.
+    """
     shape = param0.shape
     if strided:  # a non-contiguous parameter: the backend must still update it in place
         param = be.zeros((shape[0] * 2, *shape[1:]), dtype)[::2]
@@ -319,12 +348,13 @@ def run_optimizer(
     state = {name: be.zeros(shape, dtype) for name in STATE_NAMES[kind]}
     for step, grad_h in enumerate(grads, start=1):
         grad = be.asarray(grad_h, dtype)
+        step_fn = getattr(be, f"_{kind}_step_unchecked" if unchecked else f"{kind}_step")
         if kind == "sgd":
-            be.sgd_step(param, grad, state["momentum_buffer"], first_step=step == 1, **config)
+            step_fn(param, grad, state["momentum_buffer"], first_step=step == 1, **config)
         elif kind == "rmsprop":
-            be.rmsprop_step(param, grad, *state.values(), **config)
+            step_fn(param, grad, *state.values(), **config)
         else:
-            be.adam_step(param, grad, *state.values(), step=step, **config)
+            step_fn(param, grad, *state.values(), step=step, **config)
     return {"param": be.to_numpy(param), **{k: be.to_numpy(v) for k, v in state.items()}}
 
 
@@ -343,6 +373,18 @@ def test_optimizer_steps_match_reference(
     actual = run_optimizer(fast_backend, kind, config, param0, grads, dtype)
     for name in expected:
         np.testing.assert_allclose(actual[name], expected[name], **TOLERANCES[dtype], err_msg=name)
+
+
+@pytest.mark.parametrize(("kind", "config"), OPTIMIZER_CASES)
+def test_unchecked_optimizer_steps_equal_the_checked_ones(
+    fast_backend: Backend, dtype: str, kind: str, config: dict
+) -> None:
+    """nn's optimizers call ``_<kind>_step_unchecked`` on their flat buffers; the bits are the public step's."""
+    param0, grads = _optimizer_data((37,))
+    expected = run_optimizer(fast_backend, kind, config, param0, grads, dtype)
+    actual = run_optimizer(fast_backend, kind, config, param0, grads, dtype, unchecked=True)
+    for name in expected:
+        np.testing.assert_array_equal(actual[name], expected[name], err_msg=name)
 
 
 @pytest.mark.parametrize(("kind", "config"), [OPTIMIZER_CASES[1], OPTIMIZER_CASES[4], OPTIMIZER_CASES[-1]])

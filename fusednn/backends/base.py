@@ -682,6 +682,50 @@ class Backend:
             v = exp_avg_sq
         param -= step_size * (exp_avg / (xp.sqrt(v) / bias_correction2_sqrt + eps))
 
+    # ----------------------------------------------------- unchecked fast paths
+    # nn's models and optimizers call these once per layer or update in every
+    # training step, in place of the public methods above, and only where nn has
+    # itself established everything the public method would check: each operand
+    # is a C-contiguous array of this backend in the model's dtype, with the
+    # shapes the public method documents, and the activation name is valid.
+    # (Parameters, gradients and optimizer state are nn's own flat buffers and
+    # views of them; inputs are checked once where they enter the model.)
+    # The reference just runs the checked public method, so a backend overrides
+    # these only where the checks are a real share of a step's cost: the CPU
+    # backend, whose small layers take a few microseconds of actual work.
+
+    def _dense_forward_unchecked(self, x: Array, W: Array, b: Array, activation: str) -> tuple[Array, Array]:
+        """:meth:`dense_forward` for operands the caller guarantees valid."""
+        return self.dense_forward(x, W, b, activation)
+
+    def _dense_backward_unchecked(
+        self, x: Array, W: Array, z: Array, y: Array, dy: Array, activation: str, dW: Array, db: Array, need_dx: bool
+    ) -> Array | None:
+        """:meth:`dense_backward` for operands the caller guarantees valid."""
+        return self.dense_backward(x, W, z, y, dy, activation, dW, db, need_dx=need_dx)
+
+    def _sgd_step_unchecked(self, param: Array, grad: Array, momentum_buffer: Array | None, **hyper: Any) -> None:
+        """:meth:`sgd_step` for 1-D buffers the caller guarantees valid."""
+        self.sgd_step(param, grad, momentum_buffer, **hyper)
+
+    def _rmsprop_step_unchecked(
+        self,
+        param: Array,
+        grad: Array,
+        square_avg: Array,
+        grad_avg: Array | None,
+        momentum_buffer: Array | None,
+        **hyper: Any,
+    ) -> None:
+        """:meth:`rmsprop_step` for 1-D buffers the caller guarantees valid."""
+        self.rmsprop_step(param, grad, square_avg, grad_avg, momentum_buffer, **hyper)
+
+    def _adam_step_unchecked(
+        self, param: Array, grad: Array, exp_avg: Array, exp_avg_sq: Array, max_exp_avg_sq: Array | None, **hyper: Any
+    ) -> None:
+        """:meth:`adam_step` for 1-D buffers the caller guarantees valid."""
+        self.adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, **hyper)
+
 
 def adam_scalars(lr: float, beta1: float, beta2: float, step: int) -> tuple[float, float]:
     """Host-side Adam scalars in float64: ``(lr / (1 - beta1^step), sqrt(1 - beta2^step))``."""

@@ -36,6 +36,7 @@ import numba
 import numpy as np
 from scipy.special import erf
 
+from ..kernels.activation_codes import ACTIVATION_CODES
 from ..kernels.cpu import activations, dense, losses, optim
 from .base import Array, Backend, adam_scalars, check_activation
 from .device import Device
@@ -146,8 +147,12 @@ class NumbaBackend(Backend):
         Returns ``(y, z)``; for ``identity`` ``y is z``. Shapes: ``x (N, in)``,
         ``W (in, out)``, ``b (out,)`` → ``y, z (N, out)``.
         """
-        code = check_activation(activation)
+        check_activation(activation)
         self._check_dense_shapes(x, W, b)
+        return self._dense_forward_unchecked(x, W, np.ascontiguousarray(b), activation)
+
+    def _dense_forward_unchecked(self, x: Array, W: Array, b: Array, activation: str) -> tuple[Array, Array]:
+        """:meth:`dense_forward` without its checks (see :class:`~fusednn.backends.base.Backend`)."""
         z = np.empty((x.shape[0], W.shape[1]), dtype=x.dtype)
         np.matmul(x, W, out=z)
         y = z if activation == "identity" else np.empty_like(z)
@@ -156,9 +161,9 @@ class NumbaBackend(Backend):
             dense.bias_activation_parallel,
             z.size,
             z.shape[0],
-            code,
+            ACTIVATION_CODES[activation],
             z,
-            np.ascontiguousarray(b),
+            b,
             y,
         )
         return y, z
@@ -180,24 +185,31 @@ class NumbaBackend(Backend):
         ``dW = x^T dz`` is written in place into ``dW``; ``db`` is overwritten.
         Returns ``dx = dz W^T (N, in)``, or ``None`` when not ``need_dx``.
         """
-        code = self._check_dense_backward(x, W, z, y, dy, activation, dW, db)
+        self._check_dense_backward(x, W, z, y, dy, activation, dW, db)
         dy, z, y = (np.ascontiguousarray(a) for a in (dy, z, y))
-        dz = np.empty_like(dy)
         db_out, copy_back = self._output(db, db, "db")
+        dx = self._dense_backward_unchecked(x, W, z, y, dy, activation, dW, db_out, need_dx)
+        if copy_back:
+            db[...] = db_out
+        return dx
+
+    def _dense_backward_unchecked(
+        self, x: Array, W: Array, z: Array, y: Array, dy: Array, activation: str, dW: Array, db: Array, need_dx: bool
+    ) -> Array | None:
+        """:meth:`dense_backward` without its checks (see :class:`~fusednn.backends.base.Backend`)."""
+        dz = np.empty_like(dy)
         self._launch(
             dense.activation_grad_bias,
             dense.activation_grad_bias_parallel,
             dz.size,
             dz.shape[0],
-            code,
+            ACTIVATION_CODES[activation],
             dy,
             z,
             y,
             dz,
-            db_out,
+            db,
         )
-        if copy_back:
-            db[...] = db_out
         np.matmul(x.T, dz, out=dW)
         return np.matmul(dz, W.T) if need_dx else None
 
@@ -223,13 +235,17 @@ class NumbaBackend(Backend):
 
     @staticmethod
     def _flat_state(param: Array, *buffers: Array | None) -> list[Array] | None:
-        """1-D views of ``param`` and the state buffers (``None`` → an empty placeholder), or ``None``
+        """1-D views of ``param`` and the state buffers (``None`` stays ``None``), or ``None``
         when one is not C-contiguous and cannot be updated in place through a flat view."""
         arrays = [param, *(b for b in buffers if b is not None)]
         if not all(a.flags.c_contiguous for a in arrays):
             return None
-        empty = np.empty(0, dtype=param.dtype)
-        return [param.reshape(-1), *(empty if b is None else b.reshape(-1) for b in buffers)]
+        return [param.reshape(-1), *(None if b is None else b.reshape(-1) for b in buffers)]
+
+    @staticmethod
+    def _or_empty(buffer: Array | None, like: Array) -> Array:
+        """``buffer``, or for an unused (``None``) one an empty placeholder of ``like``'s dtype: kernels take arrays."""
+        return np.empty(0, dtype=like.dtype) if buffer is None else buffer
 
     def sgd_step(
         self,
@@ -259,16 +275,42 @@ class NumbaBackend(Backend):
                 weight_decay=weight_decay,
                 first_step=first_step,
             )
-        dt = param.dtype.type
         flat_param, flat_buf = flat
+        self._sgd_step_unchecked(
+            flat_param,
+            np.ascontiguousarray(grad).reshape(-1),
+            flat_buf,
+            lr=lr,
+            momentum=momentum,
+            dampening=dampening,
+            nesterov=nesterov,
+            weight_decay=weight_decay,
+            first_step=first_step,
+        )
+
+    def _sgd_step_unchecked(
+        self,
+        param: Array,
+        grad: Array,
+        momentum_buffer: Array | None,
+        *,
+        lr: float,
+        momentum: float,
+        dampening: float,
+        nesterov: bool,
+        weight_decay: float,
+        first_step: bool,
+    ) -> None:
+        """:meth:`sgd_step` on 1-D buffers without its checks (see :class:`~fusednn.backends.base.Backend`)."""
+        dt = param.dtype.type
         self._launch(
             optim.sgd,
             optim.sgd_parallel,
             param.size,
             param.size,
-            flat_param,
-            np.ascontiguousarray(grad).reshape(-1),
-            flat_buf,
+            param,
+            grad,
+            self._or_empty(momentum_buffer if momentum else None, param),
             dt(lr),
             dt(momentum),
             dt(1.0 - dampening),
@@ -317,18 +359,48 @@ class NumbaBackend(Backend):
                 momentum=momentum,
                 centered=centered,
             )
-        dt = param.dtype.type
         flat_param, flat_square_avg, flat_grad_avg, flat_buf = flat
-        self._launch(
-            optim.rmsprop,
-            optim.rmsprop_parallel,
-            param.size,
-            param.size,
+        self._rmsprop_step_unchecked(
             flat_param,
             np.ascontiguousarray(grad).reshape(-1),
             flat_square_avg,
             flat_grad_avg,
             flat_buf,
+            lr=lr,
+            alpha=alpha,
+            eps=eps,
+            weight_decay=weight_decay,
+            momentum=momentum,
+            centered=centered,
+        )
+
+    def _rmsprop_step_unchecked(
+        self,
+        param: Array,
+        grad: Array,
+        square_avg: Array,
+        grad_avg: Array | None,
+        momentum_buffer: Array | None,
+        *,
+        lr: float,
+        alpha: float,
+        eps: float,
+        weight_decay: float,
+        momentum: float,
+        centered: bool,
+    ) -> None:
+        """:meth:`rmsprop_step` on 1-D buffers without its checks (see :class:`~fusednn.backends.base.Backend`)."""
+        dt = param.dtype.type
+        self._launch(
+            optim.rmsprop,
+            optim.rmsprop_parallel,
+            param.size,
+            param.size,
+            param,
+            grad,
+            square_avg,
+            self._or_empty(grad_avg if centered else None, param),
+            self._or_empty(momentum_buffer if momentum > 0 else None, param),
             dt(lr),
             dt(alpha),
             dt(1.0 - alpha),
@@ -381,19 +453,51 @@ class NumbaBackend(Backend):
                 amsgrad=amsgrad,
                 step=step,
             )
-        step_size, bias_correction2_sqrt = adam_scalars(lr, beta1, beta2, step)
-        dt = param.dtype.type
         flat_param, flat_exp_avg, flat_exp_avg_sq, flat_max = flat
-        self._launch(
-            optim.adam,
-            optim.adam_parallel,
-            param.size,
-            param.size,
+        self._adam_step_unchecked(
             flat_param,
             np.ascontiguousarray(grad).reshape(-1),
             flat_exp_avg,
             flat_exp_avg_sq,
             flat_max,
+            lr=lr,
+            beta1=beta1,
+            beta2=beta2,
+            eps=eps,
+            weight_decay=weight_decay,
+            amsgrad=amsgrad,
+            step=step,
+        )
+
+    def _adam_step_unchecked(
+        self,
+        param: Array,
+        grad: Array,
+        exp_avg: Array,
+        exp_avg_sq: Array,
+        max_exp_avg_sq: Array | None,
+        *,
+        lr: float,
+        beta1: float,
+        beta2: float,
+        eps: float,
+        weight_decay: float,
+        amsgrad: bool,
+        step: int,
+    ) -> None:
+        """:meth:`adam_step` on 1-D buffers without its checks (see :class:`~fusednn.backends.base.Backend`)."""
+        step_size, bias_correction2_sqrt = adam_scalars(lr, beta1, beta2, step)
+        dt = param.dtype.type
+        self._launch(
+            optim.adam,
+            optim.adam_parallel,
+            param.size,
+            param.size,
+            param,
+            grad,
+            exp_avg,
+            exp_avg_sq,
+            self._or_empty(max_exp_avg_sq if amsgrad else None, param),
             dt(1.0 - beta1),
             dt(beta2),
             dt(1.0 - beta2),
