@@ -133,6 +133,30 @@ class Dense:
             backend.add_l1_l2_gradient(self.W, self.dW, self.l1, self.l2)
         return dx
 
+    # The two methods below are what the layer's model calls in each training step. The model
+    # has checked its input once (a C-contiguous array of this backend in the model's dtype with
+    # ``in_features`` columns), each layer's output is the next one's input, ``W``/``b``/``dW``/``db``
+    # are views of the model's own buffers and the activation was checked in ``__init__``: all the
+    # backend's dense checks would verify, so the layers skip them (most of a small layer's cost).
+
+    def _forward_in_model(self, x: Array, keep: bool) -> Array:
+        """:meth:`forward` on an input its model has checked."""
+        y, z = self.backend._dense_forward_unchecked(x, self.W, self.b, self.activation)
+        if keep:
+            self._cache = (x, z, y)
+        return y
+
+    def _backward_in_model(self, dy: Array, need_input_grad: bool) -> Array | None:
+        """:meth:`backward` on a gradient its model has checked, after a forward pass that kept its inputs."""
+        x, z, y = self._cache
+        backend = self.backend
+        dx = backend._dense_backward_unchecked(
+            x, self.W, z, y, dy, self.activation, self.dW, self.db, need_dx=need_input_grad
+        )
+        if self.has_penalty:
+            backend.add_l1_l2_gradient(self.W, self.dW, self.l1, self.l2)
+        return dx
+
     def regularization_loss(self) -> Array:
         """The penalty ``l1 * sum|W| + l2 * sum W^2`` as a 0-d device array."""
         return self._require_backend().l1_l2_penalty(self.W, self.l1, self.l2)

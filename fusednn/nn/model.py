@@ -138,7 +138,7 @@ class Sequential:
         """
         h = self._input(x)
         for layer in self.layers:
-            h = layer.forward(h)
+            h = layer._forward_in_model(h, keep=True)
         return h
 
     __call__ = forward
@@ -162,7 +162,7 @@ class Sequential:
             raise ValueError(f"dout has shape {tuple(grad.shape)}; expected the output's shape {tuple(expected)}")
         last = len(self.layers) - 1
         for index in range(last, -1, -1):
-            grad = self.layers[index].backward(grad, need_input_grad=need_input_grad or index > 0)
+            grad = self.layers[index]._backward_in_model(grad, need_input_grad=need_input_grad or index > 0)
         return grad
 
     def predict(self, x: Any, batch_size: int | None = None) -> np.ndarray:
@@ -180,7 +180,7 @@ class Sequential:
         for start in range(0, n, batch_size):
             h = x[start : start + batch_size]
             for layer in self.layers:
-                h = layer.forward(h, keep=False)
+                h = layer._forward_in_model(h, keep=False)
             chunks.append(self.backend.to_numpy(h))
         if not chunks:
             return np.zeros((0, self.out_features), dtype=self.dtype)

@@ -54,6 +54,13 @@ class Optimizer:
         raise NotImplementedError
 
     def _update(self, backend: Backend) -> None:
+        """Call the backend's step on ``params.data``, ``params.grad`` and the state.
+
+        Subclasses call the backend's unchecked step (see ``Backend._adam_step_unchecked``):
+        every buffer is a 1-D C-contiguous array of ``params.size`` elements in ``params.dtype``
+        on ``backend``, because the optimizer made the state itself (``__init__``, the move in
+        :meth:`step`, :meth:`load_state_dict`, which checks shapes) and the parameters made theirs.
+        """
         raise NotImplementedError
 
     def __repr__(self) -> str:
@@ -150,7 +157,7 @@ class SGD(Optimizer):
         return ["momentum_buffer"] if self.momentum else []
 
     def _update(self, backend: Backend) -> None:
-        backend.sgd_step(
+        backend._sgd_step_unchecked(
             self.params.data,
             self.params.grad,
             self.state.get("momentum_buffer"),
@@ -213,7 +220,7 @@ class RMSprop(Optimizer):
         return ["square_avg"] + ["grad_avg"] * self.centered + ["momentum_buffer"] * (self.momentum > 0)
 
     def _update(self, backend: Backend) -> None:
-        backend.rmsprop_step(
+        backend._rmsprop_step_unchecked(
             self.params.data,
             self.params.grad,
             self.state["square_avg"],
@@ -283,7 +290,7 @@ class Adam(Optimizer):
         return ["exp_avg", "exp_avg_sq"] + ["max_exp_avg_sq"] * self.amsgrad
 
     def _update(self, backend: Backend) -> None:
-        backend.adam_step(
+        backend._adam_step_unchecked(
             self.params.data,
             self.params.grad,
             self.state["exp_avg"],
