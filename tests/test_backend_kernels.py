@@ -239,6 +239,20 @@ def test_softmax_cross_entropy_with_labels_matches_reference_and_torch(
     np.testing.assert_allclose(fast_backend.to_numpy(grad), logits_t.grad.numpy(), rtol=rtol, atol=1e-6)
 
 
+@pytest.mark.parametrize("targets", ["labels", "probabilities"])
+def test_unchecked_softmax_cross_entropy_equals_the_checked_one(
+    fast_backend: Backend, dtype: str, targets: str
+) -> None:
+    """nn's cross-entropy loss calls ``_softmax_cross_entropy_unchecked`` on labels it has checked: same bits."""
+    be, rng = fast_backend, np.random.default_rng(6)
+    logits = put(be, _values((9, 4)), dtype, transposed=True)
+    target = be.asindex(rng.integers(0, 4, 9)) if targets == "labels" else put(be, rng.random((9, 4)), dtype)
+    for expected, actual in zip(
+        be.softmax_cross_entropy(logits, target), be._softmax_cross_entropy_unchecked(logits, target), strict=True
+    ):
+        np.testing.assert_array_equal(be.to_numpy(actual), be.to_numpy(expected))
+
+
 @pytest.mark.parametrize("shape", [(1, 1), (1, 7), (9, 1), (17, 33)], ids=str)
 def test_softmax_cross_entropy_with_probabilities_matches_reference_and_torch(
     fast_backend: Backend, dtype: str, shape: tuple[int, int]

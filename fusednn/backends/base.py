@@ -704,6 +704,12 @@ class Backend:
         """:meth:`dense_backward` for operands the caller guarantees valid."""
         return self.dense_backward(x, W, z, y, dy, activation, dW, db, need_dx=need_dx)
 
+    def _softmax_cross_entropy_unchecked(self, logits: Array, target: Array) -> tuple[Array, Array]:
+        """:meth:`softmax_cross_entropy` for operands the caller guarantees valid: ``logits (N, C)`` with
+        ``N, C >= 1`` and int64 labels ``(N,)`` in ``[0, C)`` or probabilities ``(N, C)`` of the logits' dtype.
+        Unlike the other fast paths, the operands may have any layout: a loss takes its outputs from the user."""
+        return self.softmax_cross_entropy(logits, target)
+
     def _sgd_step_unchecked(self, param: Array, grad: Array, momentum_buffer: Array | None, **hyper: Any) -> None:
         """:meth:`sgd_step` for 1-D buffers the caller guarantees valid."""
         self.sgd_step(param, grad, momentum_buffer, **hyper)

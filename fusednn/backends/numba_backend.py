@@ -217,7 +217,11 @@ class NumbaBackend(Backend):
 
     def softmax_cross_entropy(self, logits: Array, target: Array) -> tuple[Array, Array]:
         """Fused softmax + cross-entropy (one Numba pass per row); see :meth:`Backend.softmax_cross_entropy`."""
-        target = np.ascontiguousarray(self._check_cross_entropy_target(logits, target))
+        return self._softmax_cross_entropy_unchecked(logits, self._check_cross_entropy_target(logits, target))
+
+    def _softmax_cross_entropy_unchecked(self, logits: Array, target: Array) -> tuple[Array, Array]:
+        """:meth:`softmax_cross_entropy` without its checks (see :class:`~fusednn.backends.base.Backend`)."""
+        target = np.ascontiguousarray(target)
         logits = np.ascontiguousarray(logits)
         grad = np.empty_like(logits)
         if target.ndim == 1:

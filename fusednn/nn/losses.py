@@ -178,6 +178,11 @@ class CategoricalCrossentropy(Loss):
                         f"Class labels must lie in [0, {n_classes}) for {n_classes} output columns, "
                         f"got labels from {target.min()} to {target.max()}"
                     )
+                if target.size:
+                    # Everything the backend would check holds: __call__ checked that out is a 2-D float
+                    # array of the backend with one row per label, and the labels are integers in
+                    # [0, C) (so N, C >= 1). Skipping its checks spares a second pass over the labels.
+                    return backend._softmax_cross_entropy_unchecked(out, backend.asindex(target))
             return backend.softmax_cross_entropy(out, backend.asindex(target))
         target = backend.asarray(target, dtype=out.dtype)
         if tuple(target.shape) != tuple(out.shape):
