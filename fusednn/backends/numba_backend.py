@@ -53,8 +53,8 @@ class NumbaBackend(Backend):
 
     >>> import numpy as np, fusednn
     >>> be = fusednn.backend("cpu")
-    >>> x = be.asarray(np.ones((4, 3)))
-    >>> W, b = be.asarray(np.ones((3, 2))), be.zeros(2)
+    >>> x = be.asarray(np.ones((4, 3)), dtype="float32")
+    >>> W, b = be.asarray(np.ones((3, 2)), dtype="float32"), be.zeros(2)
     >>> y, z = be.dense_forward(x, W, b, "relu")
     >>> y.tolist()
     [[3.0, 3.0], [3.0, 3.0], [3.0, 3.0], [3.0, 3.0]]
