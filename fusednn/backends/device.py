@@ -8,6 +8,7 @@ so it serves as the cache key for backends.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from dataclasses import dataclass
@@ -63,6 +64,12 @@ def parse_device(spec: str | Device) -> Device:
         return spec
     if not isinstance(spec, str):
         raise TypeError(f"A device must be a string such as 'cpu' or 'cuda:0', got {type(spec).__name__}")
+    return _parse_device_string(spec)
+
+
+# Memoised: fusednn.backend() parses its device string on every call, and losses call it in every training step.
+@functools.lru_cache(maxsize=64)
+def _parse_device_string(spec: str) -> Device:
     text = spec.strip().lower()
     if text in ("numpy", "cpu"):
         return Device(text)
