@@ -435,7 +435,12 @@ class Backend:
 
         Returns ``(loss as a 0-d array, dlogits (N, C))``. Labels must lie in ``[0, C)``.
         """
-        target = self._check_cross_entropy_target(logits, target)
+        return self._softmax_cross_entropy_unchecked(logits, self._check_cross_entropy_target(logits, target))
+
+    def _softmax_cross_entropy_unchecked(self, logits: Array, target: Array) -> tuple[Array, Array]:
+        """:meth:`softmax_cross_entropy` for operands the caller guarantees valid: ``logits (N, C)`` with
+        ``N, C >= 1`` and int64 labels ``(N,)`` in ``[0, C)`` or probabilities ``(N, C)`` of the logits' dtype.
+        Unlike the optimizer fast paths, the operands may have any layout: a loss takes its outputs from the user."""
         n = logits.shape[0]
         log_p = self.log_softmax(logits)
         p = self.xp.exp(log_p)
@@ -578,6 +583,32 @@ class Backend:
         ``momentum_buffer`` may be ``None`` when ``momentum == 0``.
         """
         self._check_optimizer_state(param, grad, momentum_buffer=(momentum_buffer, bool(momentum)))
+        self._sgd_step_unchecked(
+            param,
+            grad,
+            momentum_buffer,
+            lr=lr,
+            momentum=momentum,
+            dampening=dampening,
+            nesterov=nesterov,
+            weight_decay=weight_decay,
+            first_step=first_step,
+        )
+
+    def _sgd_step_unchecked(
+        self,
+        param: Array,
+        grad: Array,
+        momentum_buffer: Array | None,
+        *,
+        lr: float,
+        momentum: float,
+        dampening: float,
+        nesterov: bool,
+        weight_decay: float,
+        first_step: bool,
+    ) -> None:
+        """:meth:`sgd_step` for buffers the caller guarantees valid."""
         g = grad + weight_decay * param if weight_decay else grad
         if momentum:
             if first_step:
@@ -619,6 +650,36 @@ class Backend:
             grad_avg=(grad_avg, centered),
             momentum_buffer=(momentum_buffer, momentum > 0),
         )
+        self._rmsprop_step_unchecked(
+            param,
+            grad,
+            square_avg,
+            grad_avg,
+            momentum_buffer,
+            lr=lr,
+            alpha=alpha,
+            eps=eps,
+            weight_decay=weight_decay,
+            momentum=momentum,
+            centered=centered,
+        )
+
+    def _rmsprop_step_unchecked(
+        self,
+        param: Array,
+        grad: Array,
+        square_avg: Array,
+        grad_avg: Array | None,
+        momentum_buffer: Array | None,
+        *,
+        lr: float,
+        alpha: float,
+        eps: float,
+        weight_decay: float,
+        momentum: float,
+        centered: bool,
+    ) -> None:
+        """:meth:`rmsprop_step` for buffers the caller guarantees valid."""
         xp = self.xp
         g = grad + weight_decay * param if weight_decay else grad
         square_avg *= alpha
@@ -669,6 +730,38 @@ class Backend:
             exp_avg_sq=(exp_avg_sq, True),
             max_exp_avg_sq=(max_exp_avg_sq, amsgrad),
         )
+        self._adam_step_unchecked(
+            param,
+            grad,
+            exp_avg,
+            exp_avg_sq,
+            max_exp_avg_sq,
+            lr=lr,
+            beta1=beta1,
+            beta2=beta2,
+            eps=eps,
+            weight_decay=weight_decay,
+            amsgrad=amsgrad,
+            step=step,
+        )
+
+    def _adam_step_unchecked(
+        self,
+        param: Array,
+        grad: Array,
+        exp_avg: Array,
+        exp_avg_sq: Array,
+        max_exp_avg_sq: Array | None,
+        *,
+        lr: float,
+        beta1: float,
+        beta2: float,
+        eps: float,
+        weight_decay: float,
+        amsgrad: bool,
+        step: int,
+    ) -> None:
+        """:meth:`adam_step` for buffers the caller guarantees valid."""
         step_size, bias_correction2_sqrt = adam_scalars(lr, beta1, beta2, step)
         xp = self.xp
         g = grad + weight_decay * param if weight_decay else grad
@@ -683,16 +776,17 @@ class Backend:
         param -= step_size * (exp_avg / (xp.sqrt(v) / bias_correction2_sqrt + eps))
 
     # ----------------------------------------------------- unchecked fast paths
-    # nn's models and optimizers call these once per layer or update in every
-    # training step, in place of the public methods above, and only where nn has
-    # itself established everything the public method would check: each operand
-    # is a C-contiguous array of this backend in the model's dtype, with the
-    # shapes the public method documents, and the activation name is valid.
-    # (Parameters, gradients and optimizer state are nn's own flat buffers and
-    # views of them; inputs are checked once where they enter the model.)
-    # The reference just runs the checked public method, so a backend overrides
-    # these only where the checks are a real share of a step's cost: the CPU
-    # backend, whose small layers take a few microseconds of actual work.
+    # The loss and the optimizer steps above check their operands and then call
+    # their ``_*_unchecked`` twin, which does the work: backends override the
+    # twin, so the checks live here once. nn's models and optimizers call the
+    # twins directly, once per layer or update in every training step, and only
+    # where nn has itself established everything the public method would check:
+    # each operand is an array of this backend in the model's dtype with the
+    # documented shapes (parameters, gradients and optimizer state are nn's own
+    # flat buffers and views of them; inputs are checked once where they enter
+    # the model), and the activation name is valid. The dense twins below just
+    # run the checked public method: the CPU backend's public dense methods also
+    # normalise layouts that nn's own buffers never need, so it overrides both.
 
     def _dense_forward_unchecked(self, x: Array, W: Array, b: Array, activation: str) -> tuple[Array, Array]:
         """:meth:`dense_forward` for operands the caller guarantees valid."""
@@ -703,34 +797,6 @@ class Backend:
     ) -> Array | None:
         """:meth:`dense_backward` for operands the caller guarantees valid."""
         return self.dense_backward(x, W, z, y, dy, activation, dW, db, need_dx=need_dx)
-
-    def _softmax_cross_entropy_unchecked(self, logits: Array, target: Array) -> tuple[Array, Array]:
-        """:meth:`softmax_cross_entropy` for operands the caller guarantees valid: ``logits (N, C)`` with
-        ``N, C >= 1`` and int64 labels ``(N,)`` in ``[0, C)`` or probabilities ``(N, C)`` of the logits' dtype.
-        Unlike the other fast paths, the operands may have any layout: a loss takes its outputs from the user."""
-        return self.softmax_cross_entropy(logits, target)
-
-    def _sgd_step_unchecked(self, param: Array, grad: Array, momentum_buffer: Array | None, **hyper: Any) -> None:
-        """:meth:`sgd_step` for 1-D buffers the caller guarantees valid."""
-        self.sgd_step(param, grad, momentum_buffer, **hyper)
-
-    def _rmsprop_step_unchecked(
-        self,
-        param: Array,
-        grad: Array,
-        square_avg: Array,
-        grad_avg: Array | None,
-        momentum_buffer: Array | None,
-        **hyper: Any,
-    ) -> None:
-        """:meth:`rmsprop_step` for 1-D buffers the caller guarantees valid."""
-        self.rmsprop_step(param, grad, square_avg, grad_avg, momentum_buffer, **hyper)
-
-    def _adam_step_unchecked(
-        self, param: Array, grad: Array, exp_avg: Array, exp_avg_sq: Array, max_exp_avg_sq: Array | None, **hyper: Any
-    ) -> None:
-        """:meth:`adam_step` for 1-D buffers the caller guarantees valid."""
-        self.adam_step(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, **hyper)
 
 
 def adam_scalars(lr: float, beta1: float, beta2: float, step: int) -> tuple[float, float]:

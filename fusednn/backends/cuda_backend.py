@@ -341,7 +341,7 @@ class CudaBackend(Backend):
         The kernel makes the loss NaN for a label outside ``[0, n_classes)`` instead.
         """
 
-    def softmax_cross_entropy(self, logits: Array, target: Array) -> tuple[Array, Array]:
+    def _softmax_cross_entropy_unchecked(self, logits: Array, target: Array) -> tuple[Array, Array]:
         """Fused softmax + cross-entropy in one kernel (one thread per row); see the base class for the maths.
 
         The kernel writes each row's loss; their mean is a fixed-order CuPy
@@ -350,7 +350,7 @@ class CudaBackend(Backend):
         A label outside ``[0, C)`` makes the loss NaN rather than raising, so the
         step never waits for the GPU.
         """
-        target = self._contiguous(self._check_cross_entropy_target(logits, target))
+        target = self._contiguous(target)
         logits = self._contiguous(logits)
         rows, cols = logits.shape
         grad = self.xp.empty_like(logits)
@@ -371,11 +371,12 @@ class CudaBackend(Backend):
         return row_loss.sum() / rows, grad
 
     # -------------------------------------------------------------- optimizers
+    # The public steps (base class) check their operands and call these.
     # One launch per step over the flat buffer. A buffer the hyperparameters do
     # not use is never read by the kernel, so ``param`` stands in for it.
     # Strided parameters or state go through contiguous copies written back after.
 
-    def sgd_step(
+    def _sgd_step_unchecked(
         self,
         param: Array,
         grad: Array,
@@ -389,7 +390,6 @@ class CudaBackend(Backend):
         first_step: bool,
     ) -> None:
         """One fused ``torch.optim.SGD`` step (rule in the base class)."""
-        self._check_optimizer_state(param, grad, momentum_buffer=(momentum_buffer, bool(momentum)))
         with self._updated_in_place(param, momentum_buffer) as (param_c, buffer_c):
             self._launch(
                 "sgd_step",
@@ -408,7 +408,7 @@ class CudaBackend(Backend):
                 bool(first_step),
             )
 
-    def rmsprop_step(
+    def _rmsprop_step_unchecked(
         self,
         param: Array,
         grad: Array,
@@ -424,13 +424,6 @@ class CudaBackend(Backend):
         centered: bool,
     ) -> None:
         """One fused ``torch.optim.RMSprop`` step (rule in the base class)."""
-        self._check_optimizer_state(
-            param,
-            grad,
-            square_avg=(square_avg, True),
-            grad_avg=(grad_avg, centered),
-            momentum_buffer=(momentum_buffer, momentum > 0),
-        )
         with self._updated_in_place(param, square_avg, grad_avg, momentum_buffer) as staged:
             param_c, square_avg_c, grad_avg_c, momentum_buffer_c = staged
             self._launch(
@@ -453,7 +446,7 @@ class CudaBackend(Backend):
                 momentum > 0,
             )
 
-    def adam_step(
+    def _adam_step_unchecked(
         self,
         param: Array,
         grad: Array,
@@ -470,13 +463,6 @@ class CudaBackend(Backend):
         step: int,
     ) -> None:
         """One fused ``torch.optim.Adam`` step; bias corrections come from :func:`adam_scalars` in float64."""
-        self._check_optimizer_state(
-            param,
-            grad,
-            exp_avg=(exp_avg, True),
-            exp_avg_sq=(exp_avg_sq, True),
-            max_exp_avg_sq=(max_exp_avg_sq, amsgrad),
-        )
         step_size, bias_correction2_sqrt = adam_scalars(lr, beta1, beta2, step)
         with self._updated_in_place(param, exp_avg, exp_avg_sq, max_exp_avg_sq) as staged:
             param_c, exp_avg_c, exp_avg_sq_c, max_exp_avg_sq_c = staged
@@ -512,8 +498,9 @@ def _run_on_device(method: Callable[..., Any]) -> Callable[..., Any]:
     return on_device
 
 
-# Every public operation, inherited or overridden, runs under cupy.cuda.Device(N).
+# Every public operation, inherited or overridden, runs under cupy.cuda.Device(N); so do the
+# unchecked twins that nn calls directly in its training step.
 for _name, _member in vars(Backend).items():
-    if not _name.startswith("_") and callable(_member):
+    if (not _name.startswith("_") or _name.endswith("_unchecked")) and callable(_member):
         setattr(CudaBackend, _name, _run_on_device(getattr(CudaBackend, _name)))
 del _name, _member

@@ -223,12 +223,8 @@ class NumbaBackend(Backend):
 
     # ------------------------------------------------------------------ losses
 
-    def softmax_cross_entropy(self, logits: Array, target: Array) -> tuple[Array, Array]:
-        """Fused softmax + cross-entropy (one Numba pass per row); see :meth:`Backend.softmax_cross_entropy`."""
-        return self._softmax_cross_entropy_unchecked(logits, self._check_cross_entropy_target(logits, target))
-
     def _softmax_cross_entropy_unchecked(self, logits: Array, target: Array) -> tuple[Array, Array]:
-        """:meth:`softmax_cross_entropy` without its checks (see :class:`~fusednn.backends.base.Backend`)."""
+        """Fused softmax + cross-entropy (one Numba pass per row); see :meth:`Backend.softmax_cross_entropy`."""
         target = np.ascontiguousarray(target)
         logits = np.ascontiguousarray(logits)
         grad = np.empty_like(logits)
@@ -246,59 +242,20 @@ class NumbaBackend(Backend):
     # -------------------------------------------------------------- optimizers
 
     @staticmethod
-    def _flat_state(param: Array, *buffers: Array | None) -> list[Array] | None:
-        """1-D views of ``param`` and the state buffers (``None`` stays ``None``), or ``None``
+    def _flat_state(*arrays: Array | None) -> list[Array | None] | None:
+        """1-D views of the parameter, gradient and state buffers (``None`` stays ``None``), or ``None``
         when one is not C-contiguous and cannot be updated in place through a flat view."""
-        arrays = [param, *(b for b in buffers if b is not None)]
-        if not all(a.flags.c_contiguous for a in arrays):
-            return None
-        return [param.reshape(-1), *(None if b is None else b.reshape(-1) for b in buffers)]
+        flat: list[Array | None] = []
+        for a in arrays:  # a plain loop: this runs in every training step, and generators cost a microsecond here
+            if a is not None and not a.flags.c_contiguous:
+                return None
+            flat.append(a if a is None or a.ndim == 1 else a.reshape(-1))
+        return flat
 
     @staticmethod
     def _or_empty(buffer: Array | None, like: Array) -> Array:
         """``buffer``, or for an unused (``None``) one an empty placeholder of ``like``'s dtype: kernels take arrays."""
         return np.empty(0, dtype=like.dtype) if buffer is None else buffer
-
-    def sgd_step(
-        self,
-        param: Array,
-        grad: Array,
-        momentum_buffer: Array | None,
-        *,
-        lr: float,
-        momentum: float,
-        dampening: float,
-        nesterov: bool,
-        weight_decay: float,
-        first_step: bool,
-    ) -> None:
-        """One fused SGD step (one loop over the flat buffers); the rule is :meth:`Backend.sgd_step`'s."""
-        self._check_optimizer_state(param, grad, momentum_buffer=(momentum_buffer, bool(momentum)))
-        flat = self._flat_state(param, momentum_buffer if momentum else None)
-        if flat is None:
-            return super().sgd_step(
-                param,
-                grad,
-                momentum_buffer,
-                lr=lr,
-                momentum=momentum,
-                dampening=dampening,
-                nesterov=nesterov,
-                weight_decay=weight_decay,
-                first_step=first_step,
-            )
-        flat_param, flat_buf = flat
-        self._sgd_step_unchecked(
-            flat_param,
-            np.ascontiguousarray(grad).reshape(-1),
-            flat_buf,
-            lr=lr,
-            momentum=momentum,
-            dampening=dampening,
-            nesterov=nesterov,
-            weight_decay=weight_decay,
-            first_step=first_step,
-        )
 
     def _sgd_step_unchecked(
         self,
@@ -313,77 +270,36 @@ class NumbaBackend(Backend):
         weight_decay: float,
         first_step: bool,
     ) -> None:
-        """:meth:`sgd_step` on 1-D buffers without its checks (see :class:`~fusednn.backends.base.Backend`)."""
+        """One fused SGD step (one loop over the flat buffers); the rule is :meth:`Backend.sgd_step`'s."""
+        flat = self._flat_state(param, np.ascontiguousarray(grad), momentum_buffer if momentum else None)
+        if flat is None:  # strided parameters or state: the reference updates them in place
+            return super()._sgd_step_unchecked(
+                param,
+                grad,
+                momentum_buffer,
+                lr=lr,
+                momentum=momentum,
+                dampening=dampening,
+                nesterov=nesterov,
+                weight_decay=weight_decay,
+                first_step=first_step,
+            )
+        flat_param, flat_grad, flat_buf = flat
         dt = param.dtype.type
         self._launch(
             optim.sgd,
             optim.sgd_parallel,
             param.size,
             param.size,
-            param,
-            grad,
-            self._or_empty(momentum_buffer if momentum else None, param),
+            flat_param,
+            flat_grad,
+            self._or_empty(flat_buf, param),
             dt(lr),
             dt(momentum),
             dt(1.0 - dampening),
             bool(nesterov),
             dt(weight_decay),
             bool(first_step),
-        )
-
-    def rmsprop_step(
-        self,
-        param: Array,
-        grad: Array,
-        square_avg: Array,
-        grad_avg: Array | None,
-        momentum_buffer: Array | None,
-        *,
-        lr: float,
-        alpha: float,
-        eps: float,
-        weight_decay: float,
-        momentum: float,
-        centered: bool,
-    ) -> None:
-        """One fused RMSprop step (one loop over the flat buffers); the rule is :meth:`Backend.rmsprop_step`'s."""
-        self._check_optimizer_state(
-            param,
-            grad,
-            square_avg=(square_avg, True),
-            grad_avg=(grad_avg, centered),
-            momentum_buffer=(momentum_buffer, momentum > 0),
-        )
-        flat = self._flat_state(
-            param, square_avg, grad_avg if centered else None, momentum_buffer if momentum > 0 else None
-        )
-        if flat is None:
-            return super().rmsprop_step(
-                param,
-                grad,
-                square_avg,
-                grad_avg,
-                momentum_buffer,
-                lr=lr,
-                alpha=alpha,
-                eps=eps,
-                weight_decay=weight_decay,
-                momentum=momentum,
-                centered=centered,
-            )
-        flat_param, flat_square_avg, flat_grad_avg, flat_buf = flat
-        self._rmsprop_step_unchecked(
-            flat_param,
-            np.ascontiguousarray(grad).reshape(-1),
-            flat_square_avg,
-            flat_grad_avg,
-            flat_buf,
-            lr=lr,
-            alpha=alpha,
-            eps=eps,
-            weight_decay=weight_decay,
-            momentum=momentum,
-            centered=centered,
         )
 
     def _rmsprop_step_unchecked(
@@ -401,18 +317,40 @@ class NumbaBackend(Backend):
         momentum: float,
         centered: bool,
     ) -> None:
-        """:meth:`rmsprop_step` on 1-D buffers without its checks (see :class:`~fusednn.backends.base.Backend`)."""
+        """One fused RMSprop step (one loop over the flat buffers); the rule is :meth:`Backend.rmsprop_step`'s."""
+        flat = self._flat_state(
+            param,
+            np.ascontiguousarray(grad),
+            square_avg,
+            grad_avg if centered else None,
+            momentum_buffer if momentum > 0 else None,
+        )
+        if flat is None:  # strided parameters or state: the reference updates them in place
+            return super()._rmsprop_step_unchecked(
+                param,
+                grad,
+                square_avg,
+                grad_avg,
+                momentum_buffer,
+                lr=lr,
+                alpha=alpha,
+                eps=eps,
+                weight_decay=weight_decay,
+                momentum=momentum,
+                centered=centered,
+            )
+        flat_param, flat_grad, flat_square_avg, flat_grad_avg, flat_buf = flat
         dt = param.dtype.type
         self._launch(
             optim.rmsprop,
             optim.rmsprop_parallel,
             param.size,
             param.size,
-            param,
-            grad,
-            square_avg,
-            self._or_empty(grad_avg if centered else None, param),
-            self._or_empty(momentum_buffer if momentum > 0 else None, param),
+            flat_param,
+            flat_grad,
+            flat_square_avg,
+            self._or_empty(flat_grad_avg, param),
+            self._or_empty(flat_buf, param),
             dt(lr),
             dt(alpha),
             dt(1.0 - alpha),
@@ -422,7 +360,7 @@ class NumbaBackend(Backend):
             bool(centered),
         )
 
-    def adam_step(
+    def _adam_step_unchecked(
         self,
         param: Array,
         grad: Array,
@@ -442,16 +380,11 @@ class NumbaBackend(Backend):
 
         The bias corrections are computed on the host in float64 and passed as scalars of the parameter dtype.
         """
-        self._check_optimizer_state(
-            param,
-            grad,
-            exp_avg=(exp_avg, True),
-            exp_avg_sq=(exp_avg_sq, True),
-            max_exp_avg_sq=(max_exp_avg_sq, amsgrad),
+        flat = self._flat_state(
+            param, np.ascontiguousarray(grad), exp_avg, exp_avg_sq, max_exp_avg_sq if amsgrad else None
         )
-        flat = self._flat_state(param, exp_avg, exp_avg_sq, max_exp_avg_sq if amsgrad else None)
-        if flat is None:
-            return super().adam_step(
+        if flat is None:  # strided parameters or state: the reference updates them in place
+            return super()._adam_step_unchecked(
                 param,
                 grad,
                 exp_avg,
@@ -465,39 +398,7 @@ class NumbaBackend(Backend):
                 amsgrad=amsgrad,
                 step=step,
             )
-        flat_param, flat_exp_avg, flat_exp_avg_sq, flat_max = flat
-        self._adam_step_unchecked(
-            flat_param,
-            np.ascontiguousarray(grad).reshape(-1),
-            flat_exp_avg,
-            flat_exp_avg_sq,
-            flat_max,
-            lr=lr,
-            beta1=beta1,
-            beta2=beta2,
-            eps=eps,
-            weight_decay=weight_decay,
-            amsgrad=amsgrad,
-            step=step,
-        )
-
-    def _adam_step_unchecked(
-        self,
-        param: Array,
-        grad: Array,
-        exp_avg: Array,
-        exp_avg_sq: Array,
-        max_exp_avg_sq: Array | None,
-        *,
-        lr: float,
-        beta1: float,
-        beta2: float,
-        eps: float,
-        weight_decay: float,
-        amsgrad: bool,
-        step: int,
-    ) -> None:
-        """:meth:`adam_step` on 1-D buffers without its checks (see :class:`~fusednn.backends.base.Backend`)."""
+        flat_param, flat_grad, flat_exp_avg, flat_exp_avg_sq, flat_max = flat
         step_size, bias_correction2_sqrt = adam_scalars(lr, beta1, beta2, step)
         dt = param.dtype.type
         self._launch(
@@ -505,11 +406,11 @@ class NumbaBackend(Backend):
             optim.adam_parallel,
             param.size,
             param.size,
-            param,
-            grad,
-            exp_avg,
-            exp_avg_sq,
-            self._or_empty(max_exp_avg_sq if amsgrad else None, param),
+            flat_param,
+            flat_grad,
+            flat_exp_avg,
+            flat_exp_avg_sq,
+            self._or_empty(flat_max, param),
             dt(1.0 - beta1),
             dt(beta2),
             dt(1.0 - beta2),
