@@ -5,7 +5,6 @@ these tests check that every benchmark still runs and that the runner's arithmet
 tables, arguments and its NumPy peer are right.
 """
 
-# ruff: noqa: E402
 from __future__ import annotations
 
 import functools
@@ -15,12 +14,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-
-ROOT = Path(__file__).resolve().parent.parent
-# `python -m pytest` puts the repository root on sys.path but the `pytest` script does not, and benchmarks/ is not
-# an installed package; the imports below need the root.
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
 
 import numpy as np
 import pytest
@@ -39,6 +32,10 @@ from benchmarks.report import (
     summary_table,
 )
 from fusednn.backends.registry import cuda_device_count
+
+# benchmarks/ is not an installed package: pyproject's pytest `pythonpath` puts the root on sys.path for the
+# imports above, and the subprocesses below get it through PYTHONPATH.
+ROOT = Path(__file__).resolve().parent.parent
 
 BENCH_FILES = sorted(p.name for p in (ROOT / "benchmarks").glob("bench_*.py"))
 
