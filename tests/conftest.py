@@ -6,12 +6,34 @@ reason when no GPU is usable, so the same module runs unchanged on a GPU machine
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from fusednn.backends.registry import cuda_device_count
 
 HAS_GPU = cuda_device_count() > 0
 GPU_SKIP_REASON = "needs a usable CUDA GPU (CuPy installed and a GPU visible)"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """With ``FUSEDNN_TEST_CUPY_POOL=off``, give every CuPy array its own ``cudaMalloc``.
+
+    ``.ci/gpu`` sets it under compute-sanitizer's memcheck: inside CuPy's pool an
+    access past an array's end lands in a neighbouring block and goes unseen.
+    """
+    if os.environ.get("FUSEDNN_TEST_CUPY_POOL") == "off" and HAS_GPU:
+        import cupy
+
+        cupy.cuda.set_allocator(None)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Give each ``gpu``-marked case a ``gpu`` property, so junit reports (``.ci/gpu``) can count them apart."""
+    for item in items:
+        if item.get_closest_marker("gpu") is not None:
+            item.user_properties.append(("gpu", "true"))
+
 
 _gpu = pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not HAS_GPU, reason=GPU_SKIP_REASON)])
 

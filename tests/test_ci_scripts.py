@@ -1,0 +1,29 @@
+"""The CI entry points under ``.ci/``: they parse, and the GPU script refuses to pass vacuously without a GPU."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import HAS_GPU
+
+CI = Path(__file__).resolve().parent.parent / ".ci"
+BASH = shutil.which("bash")
+
+pytestmark = pytest.mark.skipif(BASH is None, reason="needs bash")
+
+
+@pytest.mark.parametrize("script", ["run", "gpu"])
+def test_script_is_valid_bash(script: str) -> None:
+    result = subprocess.run([BASH, "-n", str(CI / script)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.skipif(HAS_GPU, reason="on a GPU machine the script would run the whole suite")
+def test_gpu_script_without_a_gpu_runs_nothing_and_says_why(tmp_path: Path) -> None:
+    result = subprocess.run([BASH, str(CI / "gpu"), str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 3
+    assert "no usable CUDA GPU" in result.stderr
+    assert list(tmp_path.iterdir()) == []
