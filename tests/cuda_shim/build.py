@@ -8,6 +8,7 @@ in :mod:`fusednn.kernels.cuda.sources`, so a signature that disagrees with the
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -22,6 +23,11 @@ from fusednn.kernels.cuda.sources import (
 )
 
 SHIM_HEADER = Path(__file__).resolve().parent / "shim.h"
+
+SANITIZE_ENV = "FUSEDNN_SHIM_SANITIZE"
+"""Set to ``1`` to build the shim library with AddressSanitizer and UBSan (see :func:`build_shim_library`)."""
+
+SANITIZE_FLAGS = ["-fsanitize=address,undefined", "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-g"]
 
 _ENTRY = re.compile(r"Compiling entry function '(\w+)' for '(sm_\d+)'")
 _SPILLS = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
@@ -42,13 +48,13 @@ def wrapper_name(kernel: str, ctype: str) -> str:
     return f"{kernel}_{ctype}"
 
 
-def shim_wrappers(source: str) -> str:
-    """A translation unit that includes ``source`` and wraps each instantiation in ``extern "C"``.
+def shim_wrappers(source: str, text: str | None = None) -> str:
+    """A translation unit that includes ``source`` (or holds ``text``) and wraps each instantiation in ``extern "C"``.
 
     Each wrapper takes ``(int grid, int block, <kernel parameters>)`` and runs
     the kernel through the shim's serial launcher.
     """
-    lines = [f'#include "{source_path(source)}"']
+    lines = [text if text is not None else f'#include "{source_path(source)}"']
     for spec in kernels_in(source):
         for dtype, ctype in C_TYPES.items():
             params = [f"{c} a{i}" for i, c in enumerate(spec.c_params(dtype))]
@@ -60,12 +66,23 @@ def shim_wrappers(source: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def build_shim_library(out_dir: Path) -> Path:
-    """Compile every shipped ``.cu`` with g++ and the shim header into one shared library."""
+def build_shim_library(out_dir: Path, sanitize: bool | None = None, texts: dict[str, str] | None = None) -> Path:
+    """Compile every shipped ``.cu`` with g++ and the shim header into one shared library.
+
+    ``sanitize`` (by default: whether ``$FUSEDNN_SHIM_SANITIZE`` is ``1``) adds
+    AddressSanitizer and UBSan, so an out-of-bounds index or a signed overflow
+    in a kernel stops the process with a report. Such a library loads only into
+    a process started with ``LD_PRELOAD`` naming :func:`asan_runtime`.
+    ``texts`` replaces the text of some sources (for tests that plant a bug).
+    """
+    if sanitize is None:
+        sanitize = os.environ.get(SANITIZE_ENV) == "1"
+    sanitizer_flags = SANITIZE_FLAGS if sanitize else []
+    texts = texts or {}
     objects = []
     for source in SOURCE_FILES:
         unit = out_dir / f"{Path(source).stem}_shim.cpp"
-        unit.write_text(shim_wrappers(source))
+        unit.write_text(shim_wrappers(source, texts.get(source)))
         obj = unit.with_suffix(".o")
         run(
             [
@@ -74,6 +91,7 @@ def build_shim_library(out_dir: Path) -> Path:
                 "-fPIC",
                 "-Wall",
                 "-Werror",
+                *sanitizer_flags,
                 "-x",
                 "c++",
                 "-include",
@@ -87,8 +105,16 @@ def build_shim_library(out_dir: Path) -> Path:
         )
         objects.append(str(obj))
     library = out_dir / "libfusednn_cuda_shim.so"
-    run(["g++", "-shared", "-o", str(library), *objects])
+    run(["g++", "-shared", *sanitizer_flags, "-o", str(library), *objects])
     return library
+
+
+def asan_runtime() -> str | None:
+    """The path of g++'s AddressSanitizer runtime, or None when it is not installed."""
+    if not have("g++"):
+        return None
+    path = subprocess.run(["g++", "-print-file-name=libasan.so"], capture_output=True, text=True).stdout.strip()
+    return path if Path(path).is_absolute() and Path(path).exists() else None
 
 
 def run(command: list[str]) -> str:
