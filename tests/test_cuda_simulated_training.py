@@ -118,3 +118,49 @@ def test_fit_runs_its_array_arithmetic_under_the_models_gpu(sim_cuda: str, monke
 def _recording(log: list[int], index: int) -> contextlib.AbstractContextManager[None]:
     log.append(index)
     return contextlib.nullcontext()
+
+
+def test_two_simulated_gpus_train_side_by_side_without_interfering(
+    shim_library: ctypes.CDLL, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Models on cuda:0 and cuda:1 train interleaved, each while the *other* GPU is current, and match the reference.
+
+    The simulated GPUs raise, as CuPy does, when arithmetic or a launch touches
+    an array of a GPU that is not current, and place new arrays on the current
+    one; so any allocation or launch outside the backend's ``Device(N)`` block
+    fails here (see :mod:`cuda_shim.simulated`).
+    """
+    fake_cupy = None
+    for index in (0, 1):
+        backend = simulated_cuda_backend(shim_library, index)
+        monkeypatch.setitem(registry._cache, Device("cuda", index), backend)
+        fake_cupy = backend.xp
+    rng = np.random.default_rng(5)
+    x, y = rng.normal(size=(64, 6)), rng.integers(0, 3, size=64)
+    runs = {}
+    for device in ("numpy", "cuda:0", "cuda:1"):
+        model = nn.MLP([6, 10, 3], activation="tanh", device=device, dtype="float64", seed=3)
+        runs[device] = (model, nn.Adam(model.parameters(), lr=0.01), nn.get_loss("categorical_crossentropy", device))
+    for step in range(12):
+        batch = slice(16 * (step % 4), 16 * (step % 4) + 16)
+        for device, other_gpu in (("numpy", 0), ("cuda:0", 1), ("cuda:1", 0)):
+            model, optimizer, loss_fn = runs[device]
+            with fake_cupy.cuda.Device(other_gpu):
+                _, dout = loss_fn(model.forward(x[batch]), y[batch])
+                model.backward(dout)
+                optimizer.step()
+    reference = runs["numpy"][0].get_weights()
+    for device in ("cuda:0", "cuda:1"):
+        model, optimizer, _ = runs[device]
+        arrays = [model.parameters().data, model.parameters().grad, *optimizer.state.values()]
+        assert {a.device.id for a in arrays} == {int(device[-1])}
+        for a, b in zip(reference, model.get_weights(), strict=True):
+            np.testing.assert_allclose(b, a, rtol=1e-10, atol=1e-12)
+    # fit's own arithmetic, evaluation and a move across GPUs, with cuda:0 current throughout.
+    model = runs["cuda:1"][0]
+    nn.fit(model, x, y, optimizer="sgd", lr=0.1, epochs=1, batch_size=16, accumulate=2, progress=False)
+    weights = model.get_weights()
+    model.to("cuda:0")
+    assert {a.device.id for a in (model.parameters().data, model.parameters().grad)} == {0}
+    for a, b in zip(weights, model.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -6,12 +6,20 @@ strided outputs, scratch buffers, the order of launches) runs unchanged; only
 built for the CPU with ``tests/cuda_shim/shim.h`` (see :mod:`.build`). The
 launcher keeps its strict checks, so a non-contiguous array reaching a kernel
 still fails here as it would on the GPU.
+
+Several simulated GPUs share one *current device*, as CuPy's do:
+``cupy.cuda.Device(i)`` makes GPU ``i`` current for a block, a new array (an
+allocation, or the result of arithmetic) lands on the current GPU, a view stays
+on its base's, and a kernel launch fails unless the launcher's GPU is current.
+So a backend method that allocates or launches outside its own
+``Device(N)`` block is caught on a simulated ``cuda:1``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
 
@@ -26,22 +34,64 @@ from fusednn.kernels.cuda.sources import C_TYPES, KernelSpec
 
 from .build import wrapper_name
 
-_GPU0 = SimpleNamespace(id=0)
+_current_gpu = 0
+"""The simulated current device, as ``cupy.cuda.Device().id`` would report it."""
+
+
+@contextlib.contextmanager
+def _use_gpu(index: int) -> Iterator[None]:
+    """``with cupy.cuda.Device(index):``: make GPU ``index`` current for the block."""
+    global _current_gpu
+    previous, _current_gpu = _current_gpu, index
+    try:
+        yield
+    finally:
+        _current_gpu = previous
 
 
 class SimArray(np.ndarray):
-    """A NumPy array that reports itself on ``cuda:0``, as ``cupy.ndarray.device.id`` does."""
+    """A NumPy array on a simulated GPU, reported by ``.device.id`` as CuPy does."""
+
+    _gpu: int
+
+    def __array_finalize__(self, obj: Any) -> None:
+        # A view keeps its base's GPU; a new array (allocated by NumPy, then viewed as SimArray) is on the current one.
+        self._gpu = getattr(obj, "_gpu", _current_gpu)
 
     @property
     def device(self) -> SimpleNamespace:  # type: ignore[override]
-        return _GPU0
+        return SimpleNamespace(id=self._gpu)
+
+    def __array_ufunc__(self, ufunc: np.ufunc, method: str, *inputs: Any, **kwargs: Any) -> Any:
+        """Arithmetic as CuPy does it: only on the current GPU, results there, reductions as 0-d arrays."""
+        outs = kwargs.get("out", ())
+        for operand in (*inputs, *outs):
+            if isinstance(operand, SimArray) and operand._gpu != _current_gpu:
+                raise ValueError(  # CuPy's own message for this mistake
+                    f"Array device must be same as the current device: array device = {operand._gpu} "
+                    f"while current = {_current_gpu}"
+                )
+        if outs:
+            kwargs["out"] = tuple(_plain(o) for o in outs)
+        result = getattr(ufunc, method)(*(_plain(x) for x in inputs), **kwargs)
+        if outs:
+            return outs[0] if len(outs) == 1 else outs
+        if method == "at":
+            return None
+        if isinstance(result, tuple):
+            return tuple(np.asarray(r).view(SimArray) for r in result)
+        return np.asarray(result).view(SimArray)
+
+
+def _plain(x: Any) -> Any:
+    return x.view(np.ndarray) if isinstance(x, SimArray) else x
 
 
 class _FakeCupy:
     """The part of the ``cupy`` namespace the backend uses, over NumPy; creators return :class:`SimArray`."""
 
     ndarray = SimArray
-    cuda = SimpleNamespace(Device=lambda index: contextlib.nullcontext())
+    cuda = SimpleNamespace(Device=_use_gpu)
 
     @staticmethod
     def asnumpy(a: Any) -> np.ndarray:
@@ -54,13 +104,16 @@ class _FakeCupy:
         return function
 
 
-def _shim_function(library: ctypes.CDLL, spec: KernelSpec, dtype: np.dtype) -> Any:
-    """A stand-in for ``RawKernel.__call__(grid, block, args)`` that runs the shim build of ``spec``."""
+def _shim_function(library: ctypes.CDLL, spec: KernelSpec, dtype: np.dtype, gpu: int) -> Any:
+    """A stand-in for ``RawKernel.__call__(grid, block, args)`` that runs the shim build of ``spec`` on GPU ``gpu``."""
     function = getattr(library, wrapper_name(spec.name, C_TYPES[dtype]))
     function.restype = None
     scalar_types = {"long long": ctypes.c_longlong, "int": ctypes.c_int, "T": np.ctypeslib.as_ctypes_type(dtype)}
 
     def launch(grid: tuple[int], block: tuple[int], args: tuple[Any, ...]) -> None:
+        # CuPy launches on the current device's stream, whichever GPU the kernel was loaded for.
+        if _current_gpu != gpu:
+            raise RuntimeError(f"{spec.name} launched for cuda:{gpu} while cuda:{_current_gpu} is current")
         converted = [
             ctypes.c_void_p(value.ctypes.data) if ctype.endswith("*") else scalar_types[ctype](value)
             for (ctype, _), value in zip(spec.params, args, strict=True)
@@ -70,10 +123,10 @@ def _shim_function(library: ctypes.CDLL, spec: KernelSpec, dtype: np.dtype) -> A
     return launch
 
 
-def simulated_cuda_backend(library: ctypes.CDLL) -> CudaBackend:
-    """A :class:`CudaBackend` on ``cuda:0`` whose arrays are :class:`SimArray` and whose kernels run on the CPU."""
+def simulated_cuda_backend(library: ctypes.CDLL, index: int = 0) -> CudaBackend:
+    """A :class:`CudaBackend` on ``cuda:index`` whose arrays are :class:`SimArray` and whose kernels run on the CPU."""
     backend = CudaBackend.__new__(CudaBackend)
-    Backend.__init__(backend, Device("cuda", 0), _FakeCupy(), erf)  # type: ignore[arg-type]
+    Backend.__init__(backend, Device("cuda", index), _FakeCupy(), erf)  # type: ignore[arg-type]
     backend.compute_capability = "90"
     backend._cupy_linalg = SimpleNamespace(  # CuPy's GEMM compute-type switch, which NumPy does not have
         COMPUTE_TYPE_DEFAULT=0,
@@ -82,6 +135,6 @@ def simulated_cuda_backend(library: ctypes.CDLL) -> CudaBackend:
         set_compute_type=lambda dtype, compute_type: None,
     )
     backend._launch = KernelLauncher(
-        0, get_function=lambda spec, dtype: _shim_function(library, spec, dtype), ndarray_type=SimArray
+        index, get_function=lambda spec, dtype: _shim_function(library, spec, dtype, index), ndarray_type=SimArray
     )
     return backend
