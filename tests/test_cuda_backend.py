@@ -12,6 +12,7 @@ import pytest
 from conftest import GPU_SKIP_REASON, HAS_GPU, TOLERANCES
 
 import fusednn
+from fusednn import nn
 from fusednn.backends import cuda_backend
 from fusednn.backends.registry import cuda_device_count
 from fusednn.kernels.activation_codes import ACTIVATIONS
@@ -385,13 +386,18 @@ def test_optimizer_state_errors(cuda):
 # ------------------------------------------------------------- training step
 
 
-@pytest.mark.filterwarnings("ignore:cupyx.allow_synchronize will be removed")
-def test_a_training_step_never_synchronises(cuda, cp):
+def no_synchronize():
+    """``cupyx.allow_synchronize(False)``: any device-to-host wait in the block raises."""
     import cupyx
 
     allow_synchronize = getattr(cupyx, "allow_synchronize", None)
     if allow_synchronize is None:
         pytest.skip("this CuPy has no cupyx.allow_synchronize")
+    return allow_synchronize(False)
+
+
+@pytest.mark.filterwarnings("ignore:cupyx.allow_synchronize will be removed")
+def test_a_training_step_never_synchronises(cuda, cp):
     rng = np.random.default_rng(11)
     x = cuda.asarray(rng.normal(size=(64, 20)), "float32")
     labels = cuda.asindex(rng.integers(0, 5, size=64))
@@ -401,7 +407,7 @@ def test_a_training_step_never_synchronises(cuda, cp):
     W, b, dW, db = flat[:100].reshape(20, 5), flat[100:], grads[:100].reshape(20, 5), grads[100:]
     cuda.synchronize()
     losses = []
-    with allow_synchronize(False):
+    with no_synchronize():
         for step in range(1, 4):
             y, z = cuda.dense_forward(x, W, b, "identity")
             loss, dlogits = cuda.softmax_cross_entropy(y, labels)
@@ -423,3 +429,32 @@ def test_a_training_step_never_synchronises(cuda, cp):
             losses.append(loss)
     values = [cuda.to_float(loss) for loss in losses]
     assert values[-1] < values[0]
+
+
+@pytest.mark.filterwarnings("ignore:cupyx.allow_synchronize will be removed")
+@pytest.mark.parametrize(
+    ("loss", "output_activation", "optimizer"),
+    [("categorical_crossentropy", None, "adam"), ("binary_crossentropy", "sigmoid", "rmsprop"), ("mse", None, "sgd")],
+)
+def test_an_nn_training_step_never_synchronises(cuda, loss, output_activation, optimizer):
+    """nn's forward, loss, backward and optimizer step on device-resident data never wait for the GPU."""
+    rng = np.random.default_rng(2)
+    x = cuda.asarray(rng.normal(size=(32, 6)), "float32")
+    labels = rng.integers(0, 3, size=32)
+    targets = {
+        "categorical_crossentropy": cuda.asindex(labels),
+        "binary_crossentropy": cuda.asarray(np.eye(3)[labels], "float32"),
+        "mse": cuda.asarray(rng.normal(size=(32, 3)), "float32"),
+    }[loss]
+    model = nn.MLP([6, 8, 3], activation="relu", output_activation=output_activation, device="cuda", l1=1e-4, l2=1e-3)
+    opt = nn.get_optimizer(optimizer, model.parameters(), lr=0.01)
+    loss_fn = nn.get_loss(loss, device="cuda")
+    losses = []
+    cuda.synchronize()
+    with no_synchronize():
+        for _ in range(3):
+            value, dout = loss_fn(model.forward(x), targets)
+            model.backward(dout, need_input_grad=False)
+            opt.step()
+            losses.append(value)
+    assert all(np.isfinite(cuda.to_float(v)) for v in losses)

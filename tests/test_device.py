@@ -182,3 +182,12 @@ def test_to_host_copies_lists_and_numpy_arrays() -> None:
     assert isinstance(host, np.ndarray) and host.shape == (1, 2)
     a = np.arange(3.0)
     assert backends.to_host(a) is a
+
+
+def test_is_host_array_tells_numpy_memory_from_cuda_arrays() -> None:
+    class NumpyBackedGpuView(np.ndarray):  # like the simulated GPU arrays of tests/cuda_shim
+        __cuda_array_interface__ = {"shape": (1,), "typestr": "<f4", "data": (0, False), "version": 3}
+
+    assert backends.is_host_array(np.zeros(3))
+    assert not backends.is_host_array([1.0, 2.0])
+    assert not backends.is_host_array(np.zeros(3).view(NumpyBackedGpuView))

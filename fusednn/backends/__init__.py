@@ -4,7 +4,7 @@ from ..kernels.activation_codes import ACTIVATIONS
 from .base import Backend, check_activation
 from .device import Device, parse_device
 from .dtypes import FLOAT_DTYPES, resolve_dtype
-from .registry import available_devices, backend, backend_of, to_host
+from .registry import available_devices, backend, backend_of, is_host_array, to_host
 
 __all__ = [
     "ACTIVATIONS",
@@ -15,6 +15,7 @@ __all__ = [
     "backend",
     "backend_of",
     "check_activation",
+    "is_host_array",
     "parse_device",
     "resolve_dtype",
     "to_host",

@@ -80,6 +80,11 @@ def available_devices() -> list[str]:
     return devices
 
 
+def is_host_array(x: object) -> bool:
+    """Whether ``x`` is a NumPy array in host memory (not a CUDA array, which may also look array-like)."""
+    return isinstance(x, np.ndarray) and _cuda_index(x) is None
+
+
 def _cuda_index(x: object) -> int | None:
     """The GPU index of a CUDA array (CuPy or any ``__cuda_array_interface__`` array with a device id), else None."""
     if not hasattr(x, "__cuda_array_interface__"):

@@ -19,7 +19,7 @@ import numpy as np
 
 import fusednn
 
-from ..backends import Backend, backend_of
+from ..backends import Backend, backend_of, is_host_array
 
 Array = Any
 
@@ -168,7 +168,7 @@ class CategoricalCrossentropy(Loss):
     def _compute(self, backend: Backend, out: Array, target: Any) -> tuple[Array, Array]:
         n_classes = out.shape[1]
         if target.ndim == 1:
-            if isinstance(target, np.ndarray):
+            if is_host_array(target):
                 if target.dtype.kind not in "iuf" or (
                     target.dtype.kind == "f" and not np.array_equal(target, np.round(target))
                 ):

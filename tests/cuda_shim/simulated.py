@@ -49,6 +49,30 @@ def _use_gpu(index: int) -> Iterator[None]:
         _current_gpu = previous
 
 
+_host_reads_allowed = True
+
+
+@contextlib.contextmanager
+def no_host_reads() -> Iterator[None]:
+    """Make reading a device value on the host raise for a block, as ``cupyx.allow_synchronize(False)`` does.
+
+    ``float()``, ``int()``, ``bool()``, ``.item()``, ``.tolist()`` and ``cupy.asnumpy`` of a
+    :class:`SimArray` each wait for the GPU on real hardware; inside the block they raise
+    ``RuntimeError``, so a training step that would stall the GPU fails here.
+    """
+    global _host_reads_allowed
+    previous, _host_reads_allowed = _host_reads_allowed, False
+    try:
+        yield
+    finally:
+        _host_reads_allowed = previous
+
+
+def _check_host_read(what: str) -> None:
+    if not _host_reads_allowed:
+        raise RuntimeError(f"{what} reads a device value on the host, which synchronises with the GPU")
+
+
 class SimArray(np.ndarray):
     """A NumPy array on a simulated GPU, reported by ``.device.id`` as CuPy does."""
 
@@ -61,6 +85,42 @@ class SimArray(np.ndarray):
     @property
     def device(self) -> SimpleNamespace:  # type: ignore[override]
         return SimpleNamespace(id=self._gpu)
+
+    @property
+    def __cuda_array_interface__(self) -> dict[str, Any]:
+        """What marks a CuPy array as device memory to fusednn (``registry.backend_of``) and to other libraries."""
+        strides = None if self.flags.c_contiguous else self.strides
+        return {
+            "shape": self.shape,
+            "typestr": self.dtype.str,
+            "data": (self.ctypes.data, False),
+            "version": 3,
+            "strides": strides,
+        }
+
+    def __float__(self) -> float:
+        _check_host_read("float()")
+        return super().__float__()
+
+    def __int__(self) -> int:
+        _check_host_read("int()")
+        return super().__int__()
+
+    def __index__(self) -> int:
+        _check_host_read("operator.index()")
+        return super().__index__()
+
+    def __bool__(self) -> bool:
+        _check_host_read("bool()")
+        return super().__bool__()
+
+    def item(self, *args: Any) -> Any:
+        _check_host_read(".item()")
+        return super().item(*args)
+
+    def tolist(self) -> Any:
+        _check_host_read(".tolist()")
+        return super().tolist()
 
     def __array_ufunc__(self, ufunc: np.ufunc, method: str, *inputs: Any, **kwargs: Any) -> Any:
         """Arithmetic as CuPy does it: only on the current GPU, results there, reductions as 0-d arrays."""
@@ -95,6 +155,7 @@ class _FakeCupy:
 
     @staticmethod
     def asnumpy(a: Any) -> np.ndarray:
+        _check_host_read("cupy.asnumpy")
         return np.array(a, copy=True).view(np.ndarray)
 
     def __getattr__(self, name: str) -> Any:
