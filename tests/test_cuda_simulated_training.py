@@ -14,7 +14,7 @@ import ctypes
 import numpy as np
 import pytest
 from cuda_shim.build import build_shim_library, have
-from cuda_shim.simulated import no_host_reads, simulated_cuda_backend
+from cuda_shim.simulated import no_host_reads, recording_host_reads, simulated_cuda_backend
 
 from fusednn import nn
 from fusednn.backends import registry
@@ -198,3 +198,12 @@ def test_an_nn_training_step_never_reads_a_device_value_on_the_host(
             opt.step()
             losses.append(value)
     assert all(np.isfinite(backend.to_float(v)) for v in losses)
+
+
+def test_fit_reads_the_gpu_once_per_epoch(sim_cuda: str) -> None:
+    """fit keeps per-step losses on the device and reads them once at the end of each epoch, not per batch."""
+    data = nn.data.load_dataset("xor", rows=64)
+    model = nn.MLP([2, 8, 2], activation="tanh", device=sim_cuda, seed=0)
+    with recording_host_reads() as reads:
+        nn.fit(model, data.x, data.y, optimizer="adam", lr=0.01, epochs=3, batch_size=8, progress=False)
+    assert reads == ["cupy.asnumpy"] * 3

@@ -49,7 +49,9 @@ def _use_gpu(index: int) -> Iterator[None]:
         _current_gpu = previous
 
 
-_host_reads_allowed = True
+_host_reads: list[str] | None = None
+"""Where host reads of device values go: None allows them, a list records them (see :func:`recording_host_reads`)."""
+_host_reads_raise = False
 
 
 @contextlib.contextmanager
@@ -60,17 +62,30 @@ def no_host_reads() -> Iterator[None]:
     :class:`SimArray` each wait for the GPU on real hardware; inside the block they raise
     ``RuntimeError``, so a training step that would stall the GPU fails here.
     """
-    global _host_reads_allowed
-    previous, _host_reads_allowed = _host_reads_allowed, False
+    global _host_reads_raise
+    previous, _host_reads_raise = _host_reads_raise, True
     try:
         yield
     finally:
-        _host_reads_allowed = previous
+        _host_reads_raise = previous
+
+
+@contextlib.contextmanager
+def recording_host_reads() -> Iterator[list[str]]:
+    """Yield a list that collects, for a block, each host read of a device value (``"cupy.asnumpy"``, ...)."""
+    global _host_reads
+    previous, _host_reads = _host_reads, []
+    try:
+        yield _host_reads
+    finally:
+        _host_reads = previous
 
 
 def _check_host_read(what: str) -> None:
-    if not _host_reads_allowed:
+    if _host_reads_raise:
         raise RuntimeError(f"{what} reads a device value on the host, which synchronises with the GPU")
+    if _host_reads is not None:
+        _host_reads.append(what)
 
 
 class SimArray(np.ndarray):
@@ -97,6 +112,10 @@ class SimArray(np.ndarray):
             "version": 3,
             "strides": strides,
         }
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        # CuPy copies an array value on the device; NumPy would read a 0-d SimArray through float().
+        super().__setitem__(key, _plain(value))
 
     def __float__(self) -> float:
         _check_host_read("float()")
