@@ -27,6 +27,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -351,7 +352,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_false",
         help="skip cold-start figures",
     )
-    parser.add_argument("--json", type=Path, help="also write every measurement to this JSON file")
+    parser.add_argument(
+        "--json",
+        type=Path,
+        help="also write every measurement to this JSON file, rewritten after each configuration",
+    )
+    parser.add_argument(
+        "--render",
+        type=Path,
+        metavar="JSON",
+        help="measure nothing: print the report of a JSON file an earlier run wrote (also a cut-short one)",
+    )
     args = parser.parse_args(argv)
     if args.repeats is None:
         args.repeats = 3 if args.quick else 7
@@ -392,8 +403,19 @@ def _worker_json(args: list[str]) -> dict[str, Any]:
     return json.loads(done.stdout)
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    """Measure everything the arguments ask for and return the report as a dict (what ``--json`` writes)."""
+def write_json(path: Path, report: dict[str, Any]) -> None:
+    """Write ``report`` to ``path`` atomically: a run cut short leaves the last complete file, never half of one."""
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(report, indent=1))
+    os.replace(temporary, path)
+
+
+def run(args: argparse.Namespace, progress: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+    """Measure everything the arguments ask for and return the report as a dict (what ``--json`` writes).
+
+    ``progress`` gets the report so far after each configuration, so a run that
+    is stopped (a time limit on a lent GPU) keeps what it measured.
+    """
     report: dict[str, Any] = {
         "command": " ".join(["python -m benchmarks.compare", *sys.argv[1:]]),
         "machine": machine_info(),
@@ -409,16 +431,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         peers = [peer for peer in peers_for(device) if args.peers is None or peer in args.peers]
         _log(f"{device}: measuring GEMM throughput")
         gemm = _worker_json(["--device", device, "--target-s", str(args.target_s), "--gemm", *configs])
-        results = []
-        for config in configs:
-            _log(f"{device}: {config}")
-            results += time_config(config, device, peers, args.repeats, args.target_s, args.settle_s)
+        results: list[dict[str, Any]] = []
         report["devices"][device] = {
             "gemm": gemm,
             "results": results,
             "repeats": args.repeats,
             "target_s": args.target_s,
         }
+        for config in configs:
+            _log(f"{device}: {config}")
+            results += time_config(config, device, peers, args.repeats, args.target_s, args.settle_s)
+            if progress is not None:
+                progress(report)
     report["load_average_at_end"] = round(os.getloadavg()[0], 2)
     if args.cold_start:
         _log("cold start")
@@ -432,6 +456,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns 2 when ``--device cuda`` is asked for on a machine without a usable GPU."""
     args = parse_args(argv)
+    if args.render is not None:
+        print(render(json.loads(args.render.read_text())))
+        return 0
     if args.device == "cuda" and gpu_count() == 0:
         print(
             "--device cuda needs a usable CUDA GPU (CuPy installed and a GPU visible); none found here. "
@@ -449,10 +476,11 @@ def main(argv: list[str] | None = None) -> int:
         _log(
             f"warning: the 1-minute load average is {machine['load_average']}; other processes will disturb the timings"
         )
-    report = run(args)
+    json_path = args.json
+    report = run(args, progress=None if json_path is None else lambda partial: write_json(json_path, partial))
     print(render(report))
-    if args.json:
-        args.json.write_text(json.dumps(report, indent=1))
+    if json_path is not None:
+        write_json(json_path, report)
     return 0
 
 

@@ -28,13 +28,6 @@ def pytest_configure(config: pytest.Config) -> None:
         cupy.cuda.set_allocator(None)
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Give each ``gpu``-marked case a ``gpu`` property, so junit reports (``.ci/gpu``) can count them apart."""
-    for item in items:
-        if item.get_closest_marker("gpu") is not None:
-            item.user_properties.append(("gpu", "true"))
-
-
 _gpu = pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not HAS_GPU, reason=GPU_SKIP_REASON)])
 
 

@@ -95,6 +95,33 @@ def test_quick_compare_run_on_xor(tmp_path):
     assert report["devices"]["cpu"]["gemm"]["best_flops_per_s"] > 0
     assert "| xor | fusednn |" in done.stdout
     assert "## cpu" in done.stdout
+    rendered = _run(["-m", "benchmarks.compare", "--render", str(out)], timeout=60)
+    assert rendered.returncode == 0, rendered.stderr[-3000:]
+    assert rendered.stdout == done.stdout
+
+
+def test_a_run_reports_its_progress_after_each_configuration(monkeypatch, tmp_path):
+    """A run stopped by a time limit keeps the configurations it finished (the JSON is rewritten after each)."""
+    monkeypatch.setattr(compare, "_worker_json", lambda args: {"best_flops_per_s": 1e9, "best_shape": [8, 8, 8]})
+
+    def fake_time_config(config, device, peers, repeats, target_s, settle_s):
+        return [{"config": config, "peer": "fusednn", **compare.summarize_times([5.0]), "us_per_step": [5.0]}]
+
+    monkeypatch.setattr(compare, "time_config", fake_time_config)
+    args = compare.parse_args(["--device", "cpu", "--configs", "xor,digits", "--no-cold-start"])
+    path = tmp_path / "partial.json"
+    seen = []
+
+    def progress(report):
+        seen.append([row["config"] for row in report["devices"]["cpu"]["results"]])
+        compare.write_json(path, report)
+        if len(seen) == 1:
+            rendered = compare.render(json.loads(path.read_text()))
+            assert "| xor | fusednn |" in rendered and "digits" not in rendered
+
+    compare.run(args, progress=progress)
+    assert seen == [["xor"], ["xor", "digits"]]
+    assert not path.with_name("partial.json.tmp").exists()
 
 
 @pytest.mark.skipif(cuda_device_count() > 0, reason="checks the message shown when no GPU is present")
