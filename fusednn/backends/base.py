@@ -212,6 +212,7 @@ class Backend:
         if not same:
             listed = ", ".join(f"{name}={a.dtype.name}" for name, a in arrays.items())
             raise TypeError(f"Operands must share one dtype, got {listed}")
+        assert dtype is not None, "_check_same_dtype needs at least one array"
         return dtype
 
     def _scalar(self, value: Any, dtype: np.dtype) -> Array:
@@ -611,6 +612,7 @@ class Backend:
         """:meth:`sgd_step` for buffers the caller guarantees valid."""
         g = grad + weight_decay * param if weight_decay else grad
         if momentum:
+            assert momentum_buffer is not None  # sgd_step checked it is given when momentum != 0
             if first_step:
                 momentum_buffer[...] = g
             else:
@@ -685,12 +687,14 @@ class Backend:
         square_avg *= alpha
         square_avg += (1 - alpha) * g * g
         if centered:
+            assert grad_avg is not None  # rmsprop_step checked it is given when centered
             grad_avg *= alpha
             grad_avg += (1 - alpha) * g
             avg = xp.sqrt(square_avg - grad_avg * grad_avg) + eps
         else:
             avg = xp.sqrt(square_avg) + eps
         if momentum > 0:
+            assert momentum_buffer is not None  # rmsprop_step checked it is given when momentum > 0
             momentum_buffer *= momentum
             momentum_buffer += g / avg
             param -= lr * momentum_buffer

@@ -105,6 +105,7 @@ class CudaBackend(Backend):
     def __init__(self, device: Device) -> None:
         if device.kind != "cuda":
             raise ValueError(f"CudaBackend serves cuda devices, got {device}")
+        assert device.index is not None  # Device rejects a cuda device without an index
         cupy = require_device(device.index)
         from cupy._core import _routines_linalg
         from cupyx.scipy.special import erf
@@ -208,7 +209,7 @@ class CudaBackend(Backend):
         staged = [a if a is None or a.flags.c_contiguous else self.xp.ascontiguousarray(a) for a in arrays]
         yield staged
         for original, stand_in in zip(arrays, staged, strict=True):
-            if stand_in is not original:
+            if original is not None and stand_in is not original:  # None stays None: nothing to copy
                 original[...] = stand_in
 
     # ------------------------------------------------------------------ matmul
@@ -238,7 +239,7 @@ class CudaBackend(Backend):
         z = self._contiguous(self.check(z, "z"))
         h, copy_back = self._output(out, z, "out")
         self._launch("activation_forward", z.dtype, z.size, z, h, z.size, code)
-        if copy_back:
+        if copy_back and out is not None:  # _output asks for a copy only into a given ``out``
             out[...] = h
             return out
         return h
@@ -252,7 +253,7 @@ class CudaBackend(Backend):
         z, h, dh = self._contiguous(z), self._contiguous(h), self._contiguous(dh)
         dz, copy_back = self._output(out, z, "out")
         self._launch("activation_backward", z.dtype, z.size, z, h, dh, dz, z.size, code)
-        if copy_back:
+        if copy_back and out is not None:  # _output asks for a copy only into a given ``out``
             out[...] = dz
             return out
         return dz

@@ -42,7 +42,8 @@ from .base import Array, Backend, adam_scalars, check_activation
 from .device import Device
 
 if "NUMBA_THREADING_LAYER" not in os.environ:
-    numba.config.THREADING_LAYER = "workqueue"
+    # numba.config sets its options through globals() as it reads the environment: no checker can see them.
+    numba.config.THREADING_LAYER = "workqueue"  # type: ignore[attr-defined]
 
 PARALLEL_MIN_ELEMENTS = 4_000_000
 """Kernels over at least this many elements run on Numba's threads; smaller ones run serially.
@@ -118,7 +119,7 @@ class NumbaBackend(Backend):
             z.reshape(-1),
             h.reshape(-1),
         )
-        if copy_back:
+        if copy_back and out is not None:  # _output asks for a copy only into a given ``out``
             out[...] = h
             return out
         return h
@@ -142,7 +143,7 @@ class NumbaBackend(Backend):
             dh.reshape(-1),
             dz.reshape(-1),
         )
-        if copy_back:
+        if copy_back and out is not None:  # _output asks for a copy only into a given ``out``
             out[...] = dz
             return out
         return dz
@@ -228,6 +229,9 @@ class NumbaBackend(Backend):
         target = np.ascontiguousarray(target)
         logits = np.ascontiguousarray(logits)
         grad = np.empty_like(logits)
+        # Both kernel pairs take (logits, target, grad) and return the summed loss.
+        serial: Callable[[Array, Array, Array], float]
+        parallel: Callable[[Array, Array, Array], float]
         if target.ndim == 1:
             serial, parallel = losses.cross_entropy_labels, losses.cross_entropy_labels_parallel
         else:

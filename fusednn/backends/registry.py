@@ -68,6 +68,7 @@ def backend(device: str | Device | None = None) -> Backend:
                 # importing the backend module, so the user never sees a raw import traceback.
                 from . import cuda_runtime
 
+                assert parsed.index is not None  # Device rejects a cuda device without an index
                 cuda_runtime.require_device(parsed.index)
             _cache[parsed] = _backend_class(parsed.kind)(parsed)
         return _cache[parsed]

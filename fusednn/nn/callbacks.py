@@ -124,4 +124,5 @@ class EarlyStopping:
     def _restore(self, params_data: Array) -> None:
         if self.restore_best_weights and self._best_weights is not None:
             params_data[...] = self._best_weights
+            assert self.best_epoch is not None  # _update sets it whenever it stores _best_weights
             logger.info("restored the weights of epoch %d (%s = %.6g)", self.best_epoch + 1, self.monitor, self.best)

@@ -127,7 +127,9 @@ def _write_atomically(path: Path, arrays: dict[str, np.ndarray]) -> None:
     handle = tempfile.NamedTemporaryFile(dir=directory, prefix=f".{path.name}.", suffix=".tmp", delete=False)
     try:
         with handle:
-            np.savez(handle, **arrays)
+            # NumPy's stub reads a splatted dict as possibly filling savez's own ``allow_pickle: bool``;
+            # our keys are "__header__" and "model/..." / "optimizer/..." names, never that.
+            np.savez(handle, **arrays)  # type: ignore[arg-type]
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(handle.name, path)

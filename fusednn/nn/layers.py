@@ -141,6 +141,7 @@ class Dense:
 
     def _forward_in_model(self, x: Array, keep: bool) -> Array:
         """:meth:`forward` on an input its model has checked."""
+        assert self.backend is not None  # the model bound the layer when it was built
         y, z = self.backend._dense_forward_unchecked(x, self.W, self.b, self.activation)
         if keep:
             self._cache = (x, z, y)
@@ -148,6 +149,8 @@ class Dense:
 
     def _backward_in_model(self, dy: Array, need_input_grad: bool) -> Array | None:
         """:meth:`backward` on a gradient its model has checked, after a forward pass that kept its inputs."""
+        # The model bound the layer and checked that every layer kept a forward pass.
+        assert self.backend is not None and self._cache is not None
         x, z, y = self._cache
         backend = self.backend
         dx = backend._dense_backward_unchecked(

@@ -236,11 +236,10 @@ def get_loss(loss: str | dict[str, Any] | Loss, device: str | None = None) -> Lo
         pinned = copy.copy(loss)
         pinned.device = device
         return pinned
-    if isinstance(loss, dict):
-        loss = loss.get("name")
-    if not isinstance(loss, str):
-        raise TypeError(f"Expected a loss name, config dict or nn.Loss, got {type(loss).__name__}")
-    key = _ALIASES.get(loss.lower(), loss.lower())
+    name = loss.get("name") if isinstance(loss, dict) else loss
+    if not isinstance(name, str):
+        raise TypeError(f"Expected a loss name, config dict or nn.Loss, got {type(name).__name__}")
+    key = _ALIASES.get(name.lower(), name.lower())
     if key not in LOSSES:
-        raise ValueError(f"Unknown loss {loss!r}; expected one of {', '.join(LOSSES)}")
+        raise ValueError(f"Unknown loss {name!r}; expected one of {', '.join(LOSSES)}")
     return LOSSES[key](device=device)

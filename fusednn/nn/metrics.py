@@ -85,7 +85,7 @@ def scores_to_labels(scores: Any, threshold: float = 0.0) -> np.ndarray:
     return (scores > threshold).astype(np.int64)
 
 
-def confusion_matrix(y_true: Any, y_pred: Any, labels: Sequence[Any] | None = None) -> np.ndarray:
+def confusion_matrix(y_true: Any, y_pred: Any, labels: Sequence[Any] | np.ndarray | None = None) -> np.ndarray:
     """Counts ``C[i, j]`` of samples of true class ``labels[i]`` predicted as ``labels[j]``.
 
     As ``sklearn.metrics.confusion_matrix``: ``labels`` defaults to the sorted
@@ -108,7 +108,7 @@ def confusion_matrix(y_true: Any, y_pred: Any, labels: Sequence[Any] | None = No
     return counts.reshape(n, n).astype(np.int64)
 
 
-def _label_set(y_true: np.ndarray, y_pred: np.ndarray, labels: Sequence[Any] | None) -> np.ndarray:
+def _label_set(y_true: np.ndarray, y_pred: np.ndarray, labels: Sequence[Any] | np.ndarray | None) -> np.ndarray:
     if labels is None:
         return np.union1d(y_true, y_pred)
     label_array = np.asarray(labels)
@@ -142,7 +142,9 @@ class _Counts:
     support: np.ndarray
 
 
-def _counts(y_true: Any, y_pred: Any, average: str, pos_label: Any, labels: Sequence[Any] | None) -> _Counts:
+def _counts(
+    y_true: Any, y_pred: Any, average: str, pos_label: Any, labels: Sequence[Any] | np.ndarray | None
+) -> _Counts:
     """Per-label counts over all samples (scikit-learn's ``multilabel_confusion_matrix`` marginals)."""
     if average not in AVERAGES:
         raise ValueError(f"Unknown average {average!r}; expected one of {', '.join(AVERAGES)}")
@@ -205,7 +207,7 @@ def precision(
     y_pred: Any,
     average: str = "binary",
     pos_label: Any = 1,
-    labels: Sequence[Any] | None = None,
+    labels: Sequence[Any] | np.ndarray | None = None,
     zero_division: float = 0.0,
 ) -> float:
     """Precision ``tp / (tp + fp)``, as ``sklearn.metrics.precision_score``.
@@ -223,7 +225,7 @@ def recall(
     y_pred: Any,
     average: str = "binary",
     pos_label: Any = 1,
-    labels: Sequence[Any] | None = None,
+    labels: Sequence[Any] | np.ndarray | None = None,
     zero_division: float = 0.0,
 ) -> float:
     """Recall ``tp / (tp + fn)``, as ``sklearn.metrics.recall_score``; ``average`` as in :func:`precision`."""
@@ -235,7 +237,7 @@ def f1(
     y_pred: Any,
     average: str = "binary",
     pos_label: Any = 1,
-    labels: Sequence[Any] | None = None,
+    labels: Sequence[Any] | np.ndarray | None = None,
     zero_division: float = 0.0,
 ) -> float:
     """F1 ``2 tp / (2 tp + fp + fn)``, as ``sklearn.metrics.f1_score``.
@@ -261,7 +263,7 @@ def mse(y_true: Any, y_pred: Any) -> float:
 def classification_report(
     y_true: Any,
     y_pred: Any,
-    labels: Sequence[Any] | None = None,
+    labels: Sequence[Any] | np.ndarray | None = None,
     target_names: Sequence[str] | None = None,
     digits: int = 3,
 ) -> str:

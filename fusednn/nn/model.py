@@ -157,7 +157,9 @@ class Sequential:
         if any(layer._cache is None for layer in self.layers):
             raise RuntimeError("backward() called before forward(): run model.forward(x) first")
         grad = self.backend.asarray(dout, dtype=self.dtype)
-        expected = self.layers[-1]._cache[2].shape
+        last_cache = self.layers[-1]._cache
+        assert last_cache is not None  # every layer's cache was checked just above
+        expected = last_cache[2].shape
         if tuple(grad.shape) != tuple(expected):
             raise ValueError(f"dout has shape {tuple(grad.shape)}; expected the output's shape {tuple(expected)}")
         last = len(self.layers) - 1

@@ -274,13 +274,14 @@ class Adam(Optimizer):
         weight_decay: float = 0.0,
         amsgrad: bool = False,
     ) -> None:
-        betas = tuple(float(b) for b in betas)
-        if len(betas) != 2:
-            raise ValueError(f"Adam takes two betas, got {betas}")
-        for index, beta in enumerate(betas):
+        # Any two numbers work at run time: get_config stores them as a list (JSON has no tuples).
+        beta_values = tuple(float(b) for b in betas)
+        if len(beta_values) != 2:
+            raise ValueError(f"Adam takes two betas, got {beta_values}")
+        for index, beta in enumerate(beta_values):
             if not 0.0 <= beta < 1.0:
                 raise ValueError(f"Invalid beta parameter at index {index}: {beta}")
-        self.betas: tuple[float, float] = betas
+        self.betas: tuple[float, float] = beta_values
         self.eps = _check_non_negative("epsilon value", eps)
         self.weight_decay = _check_non_negative("weight_decay value", weight_decay)
         self.amsgrad = bool(amsgrad)

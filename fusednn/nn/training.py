@@ -25,7 +25,7 @@ import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -94,13 +94,13 @@ def _epoch_logs(
     logs: dict[str, float] = {}
     if not metric_list:
         return logs
-    labels_true = labels_pred = values = None
+    labels: tuple[np.ndarray, np.ndarray] | None = None  # (true, predicted), computed once if a metric asks
+    values = None
     for metric in metric_list:
         if metric.on_labels:
-            if labels_true is None:
-                labels_true = metrics_module.scores_to_labels(y_true, threshold=0.5)
-                labels_pred = loss.predict_labels(outputs)
-            logs[metric.name] = metric.fn(labels_true, labels_pred)
+            if labels is None:
+                labels = (metrics_module.scores_to_labels(y_true, threshold=0.5), loss.predict_labels(outputs))
+            logs[metric.name] = metric.fn(*labels)
         else:
             if values is None:
                 values = backend.to_numpy(loss.predict_proba(outputs))
@@ -365,7 +365,8 @@ def fit(
     if early_stopping is not None and not isinstance(early_stopping, EarlyStopping):
         raise TypeError(f"early_stopping must be an nn.EarlyStopping, got {type(early_stopping).__name__}")
     if seed is None:
-        seed = int(np.random.SeedSequence().entropy % 2**63)
+        # SeedSequence() draws its entropy from the OS as one int; the stub's type covers entropy passed in too.
+        seed = int(cast(int, np.random.SeedSequence().entropy) % 2**63)
     loss_fn = get_loss(loss, device=model.device)
     metric_list = _resolve_metrics(metrics, loss_fn)
     opt = _build_optimizer(model, optimizer, optimizer_kwargs, lr)
@@ -423,6 +424,7 @@ def fit(
             merged = {key: list(earlier.get(key, [])) + values for key, values in history.history.items()}
             save(checkpoint, model, opt, history=merged, **extra)
         if stop:
+            assert early_stopping is not None  # only an EarlyStopping stops training early
             logger.info("early stopping after epoch %d: %s did not improve", epoch + 1, early_stopping.monitor)
             break
     if early_stopping is not None:

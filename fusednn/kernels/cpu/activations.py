@@ -25,7 +25,7 @@ from ..activation_codes import (
     SELU_SCALE,
     SOFTPLUS_THRESHOLD,
 )
-from .common import chunk_bounds, like
+from .common import JitOptions, chunk_bounds, like
 
 IDENTITY = ACTIVATION_CODES["identity"]
 SIGMOID = ACTIVATION_CODES["sigmoid"]
@@ -51,7 +51,7 @@ by scalar ``exp``/``erf`` calls and share one generic loop.
 _SQRT_HALF = math.sqrt(0.5)
 _INV_SQRT_2PI = 1.0 / math.sqrt(2.0 * math.pi)
 
-_JIT = {"cache": True, "error_model": "numpy"}
+_JIT: JitOptions = {"cache": True, "error_model": "numpy"}
 
 
 @njit(inline="always", **_JIT)

@@ -7,8 +7,21 @@ float32 ``z`` computes in float64 and keeps the loop from vectorising as float32
 
 from __future__ import annotations
 
+from typing import Literal, TypedDict
+
 from numba import njit
 from numba.extending import overload
+
+
+class JitOptions(TypedDict):
+    """The ``@njit`` options every CPU kernel module shares (``_JIT``), spelt out for the type checker.
+
+    Numba's stubs type each keyword of ``njit``; a plain dict splatted as
+    ``**_JIT`` would be a ``dict[str, object]`` and match no overload.
+    """
+
+    cache: bool
+    error_model: Literal["python", "numpy"]
 
 
 def like(x: float, value: float) -> float:

@@ -16,9 +16,9 @@ import numpy as np
 from numba import njit
 
 from .activations import IDENTITY, LEAKY_RELU, RELU, activate, derivative
-from .common import chunk_bounds
+from .common import JitOptions, chunk_bounds
 
-_JIT = {"cache": True, "error_model": "numpy"}
+_JIT: JitOptions = {"cache": True, "error_model": "numpy"}
 
 
 @njit(inline="always", **_JIT)

@@ -18,9 +18,9 @@ import numba
 import numpy as np
 from numba import njit
 
-from .common import like
+from .common import JitOptions, like
 
-_JIT = {"cache": True, "error_model": "numpy"}
+_JIT: JitOptions = {"cache": True, "error_model": "numpy"}
 
 
 @njit(inline="always", **_JIT)

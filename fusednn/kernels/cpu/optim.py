@@ -16,9 +16,9 @@ import math
 import numba
 from numba import njit
 
-from .common import chunk_bounds
+from .common import JitOptions, chunk_bounds
 
-_JIT = {"cache": True, "error_model": "numpy"}
+_JIT: JitOptions = {"cache": True, "error_model": "numpy"}
 
 
 @njit(inline="always", **_JIT)

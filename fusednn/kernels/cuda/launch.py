@@ -150,7 +150,7 @@ def _as_integer(value: Any, where: str) -> int:
         raise TypeError(f"{where} must be an integer, got {type(value).__name__}") from None
 
 
-def _check_array(value: Any, expected: np.dtype, where: str, ndarray_type: type, device_id: int) -> Any:
+def _check_array(value: Any, expected: np.dtype, where: str, ndarray_type: type[Any], device_id: int) -> Any:
     if not isinstance(value, ndarray_type):
         raise TypeError(f"{where} must be a CuPy array, got {type(value).__name__}")
     if value.dtype != expected:

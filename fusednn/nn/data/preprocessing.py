@@ -45,25 +45,28 @@ class _Scaler:
         self._fit_statistics(_as_matrix(x).astype(np.float64))
         return self
 
-    def _require_fitted(self) -> None:
-        if self.scale_ is None:
+    def _require_fitted(self) -> tuple[np.ndarray, np.ndarray]:
+        """The fitted ``(scale_, offset_)``."""
+        if self.scale_ is None or self.offset_ is None:
             raise RuntimeError(f"{type(self).__name__} is not fitted; call fit(x) first")
+        return self.scale_, self.offset_
 
-    def _check_fitted(self, x: Any) -> np.ndarray:
-        self._require_fitted()
+    def _check_fitted(self, x: Any) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """``x`` as a matrix with the fitted number of features, and the fitted ``(scale_, offset_)``."""
+        scale, offset = self._require_fitted()
         x = _as_matrix(x)
-        if x.shape[1] != self.scale_.shape[0]:
-            raise ValueError(f"{type(self).__name__} was fitted on {self.scale_.shape[0]} features; x has {x.shape[1]}")
-        return x
+        if x.shape[1] != scale.shape[0]:
+            raise ValueError(f"{type(self).__name__} was fitted on {scale.shape[0]} features; x has {x.shape[1]}")
+        return x, scale, offset
 
     def transform(self, x: Any) -> np.ndarray:
         """Scale ``x (N, F)``; float32/float64 inputs keep their dtype, other numbers become float32."""
-        x = self._check_fitted(x)
+        x, scale, offset = self._check_fitted(x)
         dtype = x.dtype if x.dtype.kind == "f" and x.dtype.itemsize >= 4 else np.float32
         # Statistics in the data's dtype: no float64 temporary of a (possibly huge) float32 array.
         out = x.astype(dtype, copy=True)
-        out *= self.scale_.astype(dtype)
-        out += self.offset_.astype(dtype)
+        out *= scale.astype(dtype)
+        out += offset.astype(dtype)
         return out
 
     def fit_transform(self, x: Any) -> np.ndarray:
@@ -72,13 +75,13 @@ class _Scaler:
 
     def inverse_transform(self, x: Any) -> np.ndarray:
         """Undo :meth:`transform`."""
-        x = self._check_fitted(x)
-        return ((x - self.offset_) / self.scale_).astype(x.dtype if x.dtype.kind == "f" else np.float32, copy=False)
+        x, scale, offset = self._check_fitted(x)
+        return ((x - offset) / scale).astype(x.dtype if x.dtype.kind == "f" else np.float32, copy=False)
 
     def state_dict(self) -> dict[str, Any]:
         """The fitted statistics as JSON-able lists (for checkpoints' ``extra``)."""
-        self._require_fitted()
-        return {"type": type(self).__name__, "scale": self.scale_.tolist(), "offset": self.offset_.tolist()}
+        scale, offset = self._require_fitted()
+        return {"type": type(self).__name__, "scale": scale.tolist(), "offset": offset.tolist()}
 
     def load_state_dict(self, state: dict[str, Any]) -> _Scaler:
         """Restore statistics saved by :meth:`state_dict`; returns ``self``."""
