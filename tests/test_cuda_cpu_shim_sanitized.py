@@ -36,6 +36,8 @@ def sanitized_env() -> dict[str, str]:
         # CPython's own allocations look like leaks to LeakSanitizer; a kernel bug shows as an access error.
         "ASAN_OPTIONS": "detect_leaks=0:halt_on_error=1",
         "UBSAN_OPTIONS": "print_stacktrace=1:halt_on_error=1",
+        # The child needs no GPU, and the CUDA driver does not start under ASan's default shadow-gap guard.
+        "CUDA_VISIBLE_DEVICES": "",
         SANITIZE_ENV: "1",
     }
 
