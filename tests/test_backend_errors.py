@@ -123,6 +123,22 @@ def test_activation_out_of_the_wrong_shape_is_refused(be: Backend) -> None:
         be.activation("relu", z, out=out)
 
 
+def test_activation_out_must_match_the_input_exactly_on_every_backend(be: Backend) -> None:
+    """Checked once in the base class: a broadcastable shape or another dtype is refused, not cast."""
+    z, broadcastable = arrays(be, (2, 3), (4, 2, 3))
+    with pytest.raises(ValueError, match=r"out has shape \(4, 2, 3\); expected \(2, 3\)"):
+        be.activation("relu", z, out=broadcastable)
+    with pytest.raises(ValueError, match=r"out has shape \(4, 2, 3\); expected \(2, 3\)"):
+        be.activation_backward("relu", z, z, z, out=broadcastable)
+    (float64_out,) = arrays(be, (2, 3), dtype="float64")
+    with pytest.raises(TypeError, match="Operands must share one dtype, got z=float32, out=float64"):
+        be.activation("relu", z, out=float64_out)
+    with pytest.raises(
+        TypeError, match="Operands must share one dtype, got z=float32, h=float32, dh=float32, out=float64"
+    ):
+        be.activation_backward("relu", z, z, z, out=float64_out)
+
+
 # --------------------------------------------------------------------- matmul
 
 

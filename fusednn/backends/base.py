@@ -257,29 +257,60 @@ class Backend:
     # ------------------------------------------------------------- activations
 
     def activation(self, name: str, z: Array, out: Array | None = None) -> Array:
-        """Apply activation ``name`` elementwise: ``h = act(z)``."""
+        """Apply activation ``name`` elementwise: ``h = act(z)``.
+
+        ``out``, when given, is an array of ``z``'s shape and dtype (any layout) that receives ``h``
+        and is returned.
+        """
         check_activation(name)
-        self.check(z, "z")
-        h = self._activation_reference(name, z)
         if out is None:
-            return h
-        out[...] = h
-        return out
+            self.check(z, "z")
+        else:
+            self._check_same_dtype(z=z, out=out)
+            self._check_shape(out, z.shape, "out")
+        return self._activation_unchecked(name, z, out)
 
     def activation_backward(self, name: str, z: Array, h: Array, dh: Array, out: Array | None = None) -> Array:
         """Chain rule through activation ``name``: ``dz = dh * act'(z)``.
 
         ``z`` is the input of the forward pass and ``h = act(z)`` its output;
         each activation uses whichever gives the derivative most cheaply.
+        ``out`` as in :meth:`activation`.
         """
         check_activation(name)
-        self._check_same_dtype(z=z, h=h, dh=dh)
+        if out is None:
+            self._check_same_dtype(z=z, h=h, dh=dh)
+        else:
+            self._check_same_dtype(z=z, h=h, dh=dh, out=out)
         if not (z.shape == h.shape == dh.shape):
             raise ValueError(f"z, h and dh must share one shape, got {z.shape}, {h.shape}, {dh.shape}")
-        dz = dh * self._activation_derivative_reference(name, z, h)
+        if out is not None:
+            self._check_shape(out, z.shape, "out")
+        return self._activation_backward_unchecked(name, z, h, dh, out)
+
+    def _activation_unchecked(self, name: str, z: Array, out: Array | None) -> Array:
+        """:meth:`activation` for operands the caller guarantees valid."""
+        return self._written_to(out, self._activation_reference(name, z))
+
+    def _activation_backward_unchecked(self, name: str, z: Array, h: Array, dh: Array, out: Array | None) -> Array:
+        """:meth:`activation_backward` for operands the caller guarantees valid."""
+        return self._written_to(out, dh * self._activation_derivative_reference(name, z, h))
+
+    def _output(self, out: Array | None, like: Array) -> Array:
+        """Where a kernel writes a result shaped like ``like``: ``out`` itself when given and C-contiguous
+        (kernels index flat row-major memory), else a new C-contiguous array for :meth:`_written_to` to copy
+        into ``out`` afterwards."""
+        if out is not None and out.flags.c_contiguous:
+            return out
+        return self.xp.empty_like(like, order="C")
+
+    @staticmethod
+    def _written_to(out: Array | None, result: Array) -> Array:
+        """``result``, or ``out`` after copying ``result`` into it when ``out`` is a separate array."""
         if out is None:
-            return dz
-        out[...] = dz
+            return result
+        if result is not out:
+            out[...] = result
         return out
 
     def _sigmoid(self, z: Array) -> Array:
@@ -780,7 +811,7 @@ class Backend:
         param -= step_size * (exp_avg / (xp.sqrt(v) / bias_correction2_sqrt + eps))
 
     # ----------------------------------------------------- unchecked fast paths
-    # The loss and the optimizer steps above check their operands and then call
+    # The activations, the loss and the optimizer steps above check their operands and then call
     # their ``_*_unchecked`` twin, which does the work: backends override the
     # twin, so the checks live here once. nn's models and optimizers call the
     # twins directly, once per layer or update in every training step, and only

@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from ..kernels.activation_codes import ACTIVATION_CODES
 from ..kernels.cuda.launch import KernelLauncher, bias_grad_rows_per_chunk
 from .base import Array, Backend, adam_scalars, check_activation
 from .cuda_runtime import require_device
@@ -183,22 +184,6 @@ class CudaBackend(Backend):
         """``x`` itself when C-contiguous, else a C-contiguous copy: the kernels index flat row-major memory."""
         return self.xp.ascontiguousarray(x)
 
-    def _output(self, out: Array | None, like: Array, name: str) -> tuple[Array, bool]:
-        """A C-contiguous array for a kernel to write, and whether it must then be copied into ``out``.
-
-        A new array like ``like`` when ``out`` is None; ``out`` itself when it is
-        C-contiguous; otherwise a contiguous temporary, which :meth:`_copy_back`
-        writes into the strided view ``out`` after the launch (as the NumPy
-        reference accepts any layout).
-        """
-        if out is None:
-            return self.xp.empty_like(like, order="C"), False
-        self._check_same_dtype(**{name: out, "input": like})
-        self._check_shape(out, like.shape, name)
-        if out.flags.c_contiguous:
-            return out, False
-        return self.xp.empty_like(like, order="C"), True
-
     @contextlib.contextmanager
     def _updated_in_place(self, *arrays: Array | None) -> Iterator[list[Array | None]]:
         """Yield C-contiguous stand-ins for buffers a kernel reads and updates; copy them back into strided ones.
@@ -233,30 +218,19 @@ class CudaBackend(Backend):
 
     # ------------------------------------------------------------- activations
 
-    def activation(self, name: str, z: Array, out: Array | None = None) -> Array:
-        """Apply activation ``name`` elementwise with one kernel: ``h = act(z)``."""
-        code = check_activation(name)
-        z = self._contiguous(self.check(z, "z"))
-        h, copy_back = self._output(out, z, "out")
-        self._launch("activation_forward", z.dtype, z.size, z, h, z.size, code)
-        if copy_back and out is not None:  # _output asks for a copy only into a given ``out``
-            out[...] = h
-            return out
-        return h
+    def _activation_unchecked(self, name: str, z: Array, out: Array | None) -> Array:
+        """One kernel ``h = act(z)``; see :meth:`Backend.activation`."""
+        z = self._contiguous(z)
+        h = self._output(out, z)
+        self._launch("activation_forward", z.dtype, z.size, z, h, z.size, ACTIVATION_CODES[name])
+        return self._written_to(out, h)
 
-    def activation_backward(self, name: str, z: Array, h: Array, dh: Array, out: Array | None = None) -> Array:
-        """Chain rule through activation ``name`` with one kernel: ``dz = dh * act'(z)``."""
-        code = check_activation(name)
-        self._check_same_dtype(z=z, h=h, dh=dh)
-        if not (z.shape == h.shape == dh.shape):
-            raise ValueError(f"z, h and dh must share one shape, got {z.shape}, {h.shape}, {dh.shape}")
+    def _activation_backward_unchecked(self, name: str, z: Array, h: Array, dh: Array, out: Array | None) -> Array:
+        """One kernel ``dz = dh * act'(z)``; see :meth:`Backend.activation_backward`."""
         z, h, dh = self._contiguous(z), self._contiguous(h), self._contiguous(dh)
-        dz, copy_back = self._output(out, z, "out")
-        self._launch("activation_backward", z.dtype, z.size, z, h, dh, dz, z.size, code)
-        if copy_back and out is not None:  # _output asks for a copy only into a given ``out``
-            out[...] = dz
-            return out
-        return dz
+        dz = self._output(out, z)
+        self._launch("activation_backward", z.dtype, z.size, z, h, dh, dz, z.size, ACTIVATION_CODES[name])
+        return self._written_to(out, dz)
 
     # ------------------------------------------------------------ dense layer
 
@@ -307,7 +281,7 @@ class CudaBackend(Backend):
         rows, cols = dy.shape
         # For identity dz = dy * 1 is dy bit for bit, so the kernel may write it over dy.
         dz = dy if activation == "identity" else self.xp.empty_like(dy, order="C")
-        db_out, db_copy_back = self._output(db, db, "db")
+        db_out = self._output(db, db)
         rows_per_chunk = bias_grad_rows_per_chunk(rows, cols)
         chunks = -(-rows // rows_per_chunk)
         partials = self.xp.empty((chunks, cols), dtype=dy.dtype)
@@ -326,12 +300,10 @@ class CudaBackend(Backend):
             code,
         )
         self._launch("bias_grad_sum_chunks", dy.dtype, cols, partials, db_out, chunks, cols)
-        if db_copy_back:
-            db[...] = db_out
-        dW_out, dW_copy_back = self._output(dW, dW, "dW")
+        self._written_to(db, db_out)
+        dW_out = self._output(dW, dW)
         self.matmul(x, dz, transpose_a=True, out=dW_out)
-        if dW_copy_back:
-            dW[...] = dW_out
+        self._written_to(dW, dW_out)
         return self.matmul(dz, W, transpose_b=True) if need_dx else None
 
     # ------------------------------------------------------------------ losses

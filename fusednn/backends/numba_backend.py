@@ -89,64 +89,39 @@ class NumbaBackend(Backend):
                 return parallel(*args, n_chunks)
         return serial(*args)
 
-    @staticmethod
-    def _output(out: Array | None, like: Array, name: str = "out") -> tuple[Array, bool]:
-        """A C-contiguous array to compute into, and whether it still has to be copied into ``out``."""
-        if out is None:
-            return np.empty_like(like, order="C"), False
-        if out.shape != like.shape or out.dtype != like.dtype:
-            raise ValueError(
-                f"{name} has shape {tuple(out.shape)} and dtype {out.dtype}; "
-                f"expected {tuple(like.shape)} and {like.dtype}"
-            )
-        if out.flags.c_contiguous:
-            return out, False
-        return np.empty_like(like, order="C"), True
-
     # ------------------------------------------------------------- activations
 
-    def activation(self, name: str, z: Array, out: Array | None = None) -> Array:
-        """Apply activation ``name`` elementwise in one Numba pass: ``h = act(z)``."""
-        code = check_activation(name)
-        z = np.ascontiguousarray(self.check(z, "z"))
-        h, copy_back = self._output(out, z)
+    def _activation_unchecked(self, name: str, z: Array, out: Array | None) -> Array:
+        """One Numba pass ``h = act(z)``; see :meth:`Backend.activation`."""
+        z = np.ascontiguousarray(z)
+        h = self._output(out, z)
         self._launch(
             activations.activation_forward,
             activations.activation_forward_parallel,
             z.size,
             z.size,
-            code,
+            ACTIVATION_CODES[name],
             z.reshape(-1),
             h.reshape(-1),
         )
-        if copy_back and out is not None:  # _output asks for a copy only into a given ``out``
-            out[...] = h
-            return out
-        return h
+        return self._written_to(out, h)
 
-    def activation_backward(self, name: str, z: Array, h: Array, dh: Array, out: Array | None = None) -> Array:
-        """Chain rule through activation ``name`` in one Numba pass: ``dz = dh * act'(z)``."""
-        code = check_activation(name)
-        self._check_same_dtype(z=z, h=h, dh=dh)
-        if not (z.shape == h.shape == dh.shape):
-            raise ValueError(f"z, h and dh must share one shape, got {z.shape}, {h.shape}, {dh.shape}")
+    def _activation_backward_unchecked(self, name: str, z: Array, h: Array, dh: Array, out: Array | None) -> Array:
+        """One Numba pass ``dz = dh * act'(z)``; see :meth:`Backend.activation_backward`."""
         z, h, dh = (np.ascontiguousarray(a) for a in (z, h, dh))
-        dz, copy_back = self._output(out, z)
+        dz = self._output(out, z)
         self._launch(
             activations.activation_backward,
             activations.activation_backward_parallel,
             z.size,
             z.size,
-            code,
+            ACTIVATION_CODES[name],
             z.reshape(-1),
             h.reshape(-1),
             dh.reshape(-1),
             dz.reshape(-1),
         )
-        if copy_back and out is not None:  # _output asks for a copy only into a given ``out``
-            out[...] = dz
-            return out
-        return dz
+        return self._written_to(out, dz)
 
     # ------------------------------------------------------------ dense layer
 
@@ -196,10 +171,9 @@ class NumbaBackend(Backend):
         """
         self._check_dense_backward(x, W, z, y, dy, activation, dW, db)
         dy, z, y = (np.ascontiguousarray(a) for a in (dy, z, y))
-        db_out, copy_back = self._output(db, db, "db")
+        db_out = self._output(db, db)
         dx = self._dense_backward_unchecked(x, W, z, y, dy, activation, dW, db_out, need_dx)
-        if copy_back:
-            db[...] = db_out
+        self._written_to(db, db_out)
         return dx
 
     def _dense_backward_unchecked(
