@@ -10,9 +10,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import GPU_SKIP_REASON, HAS_GPU, TOLERANCES
+from device_resident_training import CASES, training_step
 
 import fusednn
-from fusednn import nn
 from fusednn.backends import cuda_backend
 from fusednn.backends.registry import cuda_device_count
 from fusednn.kernels.activation_codes import ACTIVATIONS
@@ -432,29 +432,11 @@ def test_a_training_step_never_synchronises(cuda, cp):
 
 
 @pytest.mark.filterwarnings("ignore:cupyx.allow_synchronize will be removed")
-@pytest.mark.parametrize(
-    ("loss", "output_activation", "optimizer"),
-    [("categorical_crossentropy", None, "adam"), ("binary_crossentropy", "sigmoid", "rmsprop"), ("mse", None, "sgd")],
-)
+@pytest.mark.parametrize(("loss", "output_activation", "optimizer"), CASES)
 def test_an_nn_training_step_never_synchronises(cuda, loss, output_activation, optimizer):
     """nn's forward, loss, backward and optimizer step on device-resident data never wait for the GPU."""
-    rng = np.random.default_rng(2)
-    x = cuda.asarray(rng.normal(size=(32, 6)), "float32")
-    labels = rng.integers(0, 3, size=32)
-    targets = {
-        "categorical_crossentropy": cuda.asindex(labels),
-        "binary_crossentropy": cuda.asarray(np.eye(3)[labels], "float32"),
-        "mse": cuda.asarray(rng.normal(size=(32, 3)), "float32"),
-    }[loss]
-    model = nn.MLP([6, 8, 3], activation="relu", output_activation=output_activation, device="cuda", l1=1e-4, l2=1e-3)
-    opt = nn.get_optimizer(optimizer, model.parameters(), lr=0.01)
-    loss_fn = nn.get_loss(loss, device="cuda")
-    losses = []
+    step = training_step("cuda", loss, output_activation, optimizer)
     cuda.synchronize()
     with no_synchronize():
-        for _ in range(3):
-            value, dout = loss_fn(model.forward(x), targets)
-            model.backward(dout, need_input_grad=False)
-            opt.step()
-            losses.append(value)
+        losses = [step() for _ in range(3)]
     assert all(np.isfinite(cuda.to_float(v)) for v in losses)

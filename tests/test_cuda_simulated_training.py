@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 from cuda_shim.build import build_shim_library, have
 from cuda_shim.simulated import no_host_reads, recording_host_reads, simulated_cuda_backend
+from device_resident_training import CASES, training_step
 
 from fusednn import nn
 from fusednn.backends import registry
@@ -166,38 +167,15 @@ def test_two_simulated_gpus_train_side_by_side_without_interfering(
         np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize(
-    ("loss", "output_activation", "optimizer"),
-    [
-        ("categorical_crossentropy", None, "adam"),
-        ("binary_crossentropy", "sigmoid", "rmsprop"),
-        ("mse", None, "sgd"),
-    ],
-)
+@pytest.mark.parametrize(("loss", "output_activation", "optimizer"), CASES)
 def test_an_nn_training_step_never_reads_a_device_value_on_the_host(
     sim_cuda: str, loss: str, output_activation: str | None, optimizer: str
 ) -> None:
     """Forward, loss, backward and the optimizer step of nn leave every value on the GPU until it is asked for."""
-    backend = registry.backend(sim_cuda)
-    rng = np.random.default_rng(2)
-    x = backend.asarray(rng.normal(size=(32, 6)), "float32")
-    labels = rng.integers(0, 3, size=32)
-    targets = {
-        "categorical_crossentropy": backend.asindex(labels),
-        "binary_crossentropy": backend.asarray(np.eye(3)[labels], "float32"),
-        "mse": backend.asarray(rng.normal(size=(32, 3)), "float32"),
-    }[loss]
-    model = nn.MLP([6, 8, 3], activation="relu", output_activation=output_activation, device=sim_cuda, l1=1e-4, l2=1e-3)
-    opt = nn.get_optimizer(optimizer, model.parameters(), lr=0.01)
-    loss_fn = nn.get_loss(loss, device=sim_cuda)
-    losses = []
+    step = training_step(sim_cuda, loss, output_activation, optimizer)
     with no_host_reads():
-        for _ in range(3):
-            value, dout = loss_fn(model.forward(x), targets)
-            model.backward(dout, need_input_grad=False)
-            opt.step()
-            losses.append(value)
-    assert all(np.isfinite(backend.to_float(v)) for v in losses)
+        losses = [step() for _ in range(3)]
+    assert all(np.isfinite(registry.backend(sim_cuda).to_float(v)) for v in losses)
 
 
 def test_fit_reads_the_gpu_once_per_epoch(sim_cuda: str) -> None:
