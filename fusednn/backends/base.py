@@ -391,11 +391,7 @@ class Backend:
         """
         check_activation(activation)
         self._check_dense_shapes(x, W, b)
-        z = self.matmul(x, W)
-        z += b
-        if activation == "identity":
-            return z, z
-        return self._activation_reference(activation, z), z
+        return self._dense_forward_unchecked(x, W, b, activation)
 
     def dense_backward(
         self,
@@ -418,13 +414,7 @@ class Backend:
         Returns ``dx (N, in)`` or ``None``.
         """
         self._check_dense_backward(x, W, z, y, dy, activation, dW, db)
-        if activation == "identity":
-            dz = dy
-        else:
-            dz = dy * self._activation_derivative_reference(activation, z, y)
-        self.xp.sum(dz, axis=0, out=db)
-        self.matmul(x, dz, transpose_a=True, out=dW)
-        return self.matmul(dz, W, transpose_b=True) if need_dx else None
+        return self._dense_backward_unchecked(x, W, z, y, dy, activation, dW, db, need_dx)
 
     def _check_dense_backward(
         self, x: Array, W: Array, z: Array, y: Array, dy: Array, activation: str, dW: Array, db: Array
@@ -811,27 +801,35 @@ class Backend:
         param -= step_size * (exp_avg / (xp.sqrt(v) / bias_correction2_sqrt + eps))
 
     # ----------------------------------------------------- unchecked fast paths
-    # The activations, the loss and the optimizer steps above check their operands and then call
-    # their ``_*_unchecked`` twin, which does the work: backends override the
-    # twin, so the checks live here once. nn's models and optimizers call the
-    # twins directly, once per layer or update in every training step, and only
-    # where nn has itself established everything the public method would check:
-    # each operand is an array of this backend in the model's dtype with the
-    # documented shapes (parameters, gradients and optimizer state are nn's own
-    # flat buffers and views of them; inputs are checked once where they enter
-    # the model), and the activation name is valid. The dense twins below just
-    # run the checked public method: the CPU backend's public dense methods also
-    # normalise layouts that nn's own buffers never need, so it overrides both.
+    # The activations, the dense layer, the loss and the optimizer steps above check their
+    # operands and then call their ``_*_unchecked`` twin, which does the work: backends override
+    # the twin, so the checks live here once. nn's models and optimizers call the twins directly,
+    # once per layer or update in every training step, and only where nn has itself established
+    # everything the public method would check: each operand is a C-contiguous array of this
+    # backend in the model's dtype with the documented shapes (parameters, gradients and optimizer
+    # state are nn's own flat buffers and views of them; inputs are checked once where they enter
+    # the model), and the activation name is valid. The CPU backend's public dense methods also
+    # make strided operands contiguous before calling the twin, which nn's buffers never need.
 
     def _dense_forward_unchecked(self, x: Array, W: Array, b: Array, activation: str) -> tuple[Array, Array]:
         """:meth:`dense_forward` for operands the caller guarantees valid."""
-        return self.dense_forward(x, W, b, activation)
+        z = self.matmul(x, W)
+        z += b
+        if activation == "identity":
+            return z, z
+        return self._activation_reference(activation, z), z
 
     def _dense_backward_unchecked(
         self, x: Array, W: Array, z: Array, y: Array, dy: Array, activation: str, dW: Array, db: Array, need_dx: bool
     ) -> Array | None:
         """:meth:`dense_backward` for operands the caller guarantees valid."""
-        return self.dense_backward(x, W, z, y, dy, activation, dW, db, need_dx=need_dx)
+        if activation == "identity":
+            dz = dy
+        else:
+            dz = dy * self._activation_derivative_reference(activation, z, y)
+        self.xp.sum(dz, axis=0, out=db)
+        self.matmul(x, dz, transpose_a=True, out=dW)
+        return self.matmul(dz, W, transpose_b=True) if need_dx else None
 
 
 def adam_scalars(lr: float, beta1: float, beta2: float, step: int) -> tuple[float, float]:

@@ -31,7 +31,7 @@ import numpy as np
 
 from ..kernels.activation_codes import ACTIVATION_CODES
 from ..kernels.cuda.launch import KernelLauncher, bias_grad_rows_per_chunk
-from .base import Array, Backend, adam_scalars, check_activation
+from .base import Array, Backend, adam_scalars
 from .cuda_runtime import require_device
 from .device import Device
 
@@ -234,10 +234,8 @@ class CudaBackend(Backend):
 
     # ------------------------------------------------------------ dense layer
 
-    def dense_forward(self, x: Array, W: Array, b: Array, activation: str) -> tuple[Array, Array]:
+    def _dense_forward_unchecked(self, x: Array, W: Array, b: Array, activation: str) -> tuple[Array, Array]:
         """Fused dense layer: cuBLAS ``z = x @ W``, then one kernel adds ``b`` in place and writes ``y = act(z)``."""
-        code = check_activation(activation)
-        self._check_dense_shapes(x, W, b)
         z = self.matmul(x, W)
         y = z if activation == "identity" else self.xp.empty_like(z)
         rows, cols = z.shape
@@ -250,21 +248,12 @@ class CudaBackend(Backend):
             y,
             rows,
             cols,
-            code,
+            ACTIVATION_CODES[activation],
         )
         return y, z
 
-    def dense_backward(
-        self,
-        x: Array,
-        W: Array,
-        z: Array,
-        y: Array,
-        dy: Array,
-        activation: str,
-        dW: Array,
-        db: Array,
-        need_dx: bool = True,
+    def _dense_backward_unchecked(
+        self, x: Array, W: Array, z: Array, y: Array, dy: Array, activation: str, dW: Array, db: Array, need_dx: bool
     ) -> Array | None:
         """Backward of :meth:`dense_forward`: two kernels for ``dz`` and ``db``, then two cuBLAS GEMMs.
 
@@ -276,7 +265,6 @@ class CudaBackend(Backend):
         layout of the inputs and of the ``dW``/``db`` views is accepted: strided
         ones go through contiguous copies.
         """
-        code = self._check_dense_backward(x, W, z, y, dy, activation, dW, db)
         z, y, dy = self._contiguous(z), self._contiguous(y), self._contiguous(dy)
         rows, cols = dy.shape
         # For identity dz = dy * 1 is dy bit for bit, so the kernel may write it over dy.
@@ -297,7 +285,7 @@ class CudaBackend(Backend):
             rows,
             cols,
             rows_per_chunk,
-            code,
+            ACTIVATION_CODES[activation],
         )
         self._launch("bias_grad_sum_chunks", dy.dtype, cols, partials, db_out, chunks, cols)
         self._written_to(db, db_out)
