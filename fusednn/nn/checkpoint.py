@@ -29,7 +29,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from .atomic import write_atomically
 from .model import Sequential
 from .optim import Optimizer, optimizer_from_config
 
@@ -119,33 +119,9 @@ def save(path: str | os.PathLike, model: Sequential, optimizer: Optimizer | None
     except (TypeError, ValueError) as error:
         raise TypeError(f"Checkpoint extras must be JSON-serialisable: {error}") from None
     arrays[_HEADER] = np.frombuffer(header_bytes, dtype=np.uint8)
-    _write_atomically(Path(path), arrays)
-
-
-def _write_atomically(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    directory = path.parent if str(path.parent) else Path(".")
-    handle = tempfile.NamedTemporaryFile(dir=directory, prefix=f".{path.name}.", suffix=".tmp", delete=False)
-    try:
-        with handle:
-            # NumPy's stub reads a splatted dict as possibly filling savez's own ``allow_pickle: bool``;
-            # our keys are "__header__" and "model/..." / "optimizer/..." names, never that.
-            np.savez(handle, **arrays)  # type: ignore[arg-type]
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(handle.name, path)
-    except BaseException:
-        Path(handle.name).unlink(missing_ok=True)
-        raise
-    try:  # make the rename itself durable; not every platform can open a directory
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    # NumPy's stub reads a splatted dict as possibly filling savez's own ``allow_pickle: bool``;
+    # our keys are "__header__" and "model/..." / "optimizer/..." names, never that.
+    write_atomically(path, lambda handle: np.savez(handle, **arrays))  # type: ignore[arg-type]
 
 
 def _read(path: Path) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
