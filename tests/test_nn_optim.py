@@ -231,11 +231,9 @@ HYPERPARAMETERS = [
     (nn.SGD, "weight_decay", "weight_decay value"),
     (nn.RMSprop, "lr", "learning rate"),
     (nn.RMSprop, "alpha", "alpha value"),
-    (nn.RMSprop, "eps", "epsilon value"),
     (nn.RMSprop, "weight_decay", "weight_decay value"),
     (nn.RMSprop, "momentum", "momentum value"),
     (nn.Adam, "lr", "learning rate"),
-    (nn.Adam, "eps", "epsilon value"),
     (nn.Adam, "weight_decay", "weight_decay value"),
 ]
 
@@ -251,6 +249,15 @@ def test_non_finite_hyperparameters_are_refused_in_the_constructor_and_later(cls
     with pytest.raises(ValueError, match=rf"^Invalid {label}: {value} "):
         setattr(opt, name, value)  # what a schedule (or a user) does between steps
     assert getattr(opt, name) == before
+
+
+@pytest.mark.parametrize("value", [*NON_FINITE, 0.0, -1e-8])
+@pytest.mark.parametrize("cls", [nn.RMSprop, nn.Adam])
+def test_eps_must_be_positive_and_finite(cls, value: float) -> None:
+    """0 / 0 in the zero-gradient padding otherwise: Adam's and RMSprop's first step would write NaN there."""
+    params = nn.MLP([2, 1], device="numpy").parameters()
+    with pytest.raises(ValueError, match=rf"^Invalid epsilon value: {value} \(expected a finite number > 0\)$"):
+        cls(params, eps=value)
 
 
 @pytest.mark.parametrize("value", [*NON_FINITE, 1.0, -0.1])

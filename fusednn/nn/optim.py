@@ -37,6 +37,11 @@ def _non_negative(label: str) -> Callable[[Any], float]:
     return lambda value: check_real(label, value)
 
 
+def _positive(label: str) -> Callable[[Any], float]:
+    """A check for a hyperparameter that must be a finite number > 0."""
+    return lambda value: check_real(label, value, low_open=True)
+
+
 def _check_betas(betas: Any) -> tuple[float, float]:
     # Any pair of numbers works at run time: get_config stores it as a list (JSON has no tuples).
     message = f"betas must be a pair of floats (beta1, beta2), each in [0, 1), got {betas!r}"
@@ -233,14 +238,18 @@ class RMSprop(Optimizer):
     .. warning:: As PyTorch, ``eps`` is added outside the square root (Keras and Optax's
        default add it inside), so results differ from theirs at small gradients.
 
+    .. warning:: Unlike PyTorch, ``eps`` must be positive: the padding of the flat buffer
+       (and any unit whose gradient stays zero) would otherwise compute ``0 / 0``.
+
     Raises:
-        ValueError: ``lr``, alpha, eps, weight decay or momentum negative or not finite.
+        ValueError: ``lr``, alpha, weight decay or momentum negative or not finite; ``eps``
+            not a finite number > 0.
     """
 
     _checks = {
         **Optimizer._checks,
         "alpha": _non_negative("alpha value"),
-        "eps": _non_negative("epsilon value"),
+        "eps": _positive("epsilon value"),
         "weight_decay": _non_negative("weight_decay value"),
         "momentum": _non_negative("momentum value"),
     }
@@ -303,19 +312,23 @@ class Adam(Optimizer):
 
     State: ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq`` (amsgrad).
 
+    .. warning:: Unlike PyTorch, ``eps`` must be positive: the padding of the flat buffer
+       (and any weight whose gradient stays zero) would otherwise compute ``0 / 0``.
+
     >>> from fusednn import nn
     >>> model = nn.MLP([2, 4, 1], device="numpy", seed=0)
     >>> opt = nn.Adam(model.parameters(), lr=1e-3, betas=(0.9, 0.999), amsgrad=True)
 
     Raises:
-        ValueError: ``lr``, eps or weight decay negative or not finite; a beta outside ``[0, 1)``.
+        ValueError: ``lr`` or weight decay negative or not finite; ``eps`` not a finite number > 0;
+            a beta outside ``[0, 1)``.
         TypeError: ``betas`` is not a pair of numbers.
     """
 
     _checks = {
         **Optimizer._checks,
         "betas": _check_betas,
-        "eps": _non_negative("epsilon value"),
+        "eps": _positive("epsilon value"),
         "weight_decay": _non_negative("weight_decay value"),
     }
 
