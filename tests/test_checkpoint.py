@@ -191,3 +191,126 @@ def test_save_rejects_bad_arguments(tmp_path: Path) -> None:
     with pytest.raises(OSError):
         nn.save(tmp_path / "no" / "such" / "dir.npz", model, opt)
     assert list(tmp_path.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------- non-finite values are never saved
+
+
+@pytest.mark.parametrize("where", ["model", "optimizer"])
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_save_refuses_non_finite_weights_and_state(tmp_path: Path, where: str, value: float) -> None:
+    model, opt = trained()
+    path = tmp_path / "run.npz"
+    nn.save(path, model, opt, tag="old")
+    before = path.read_bytes()
+    if where == "model":
+        model.layers[1].W[1, 0] = value
+        named = "model weight '1.W'"
+    else:
+        opt.state["exp_avg_sq"][3] = value
+        named = "optimizer state 'exp_avg_sq'"
+    with pytest.raises(nn.NonFiniteStateError, match=rf"^Refusing to save {str(path)!r}: {named} holds NaN or inf"):
+        nn.save(path, model, opt, tag="new")
+    assert path.read_bytes() == before and list(tmp_path.iterdir()) == [path]
+
+
+# ----------------------------------------------------------------------------- what save writes, load rebuilds
+
+OPTIMIZER_OPTIONS = [
+    (nn.SGD, {}),
+    (nn.SGD, {"momentum": 0.9}),
+    (nn.SGD, {"momentum": 0.9, "dampening": 0.5, "weight_decay": 1e-3}),
+    (nn.SGD, {"momentum": 0.9, "nesterov": True}),
+    (nn.RMSprop, {}),
+    (nn.RMSprop, {"centered": True}),
+    (nn.RMSprop, {"momentum": 0.5, "alpha": 0.9, "eps": 1e-6}),
+    (nn.RMSprop, {"centered": True, "momentum": 0.5, "weight_decay": 1e-2}),
+    (nn.Adam, {}),
+    (nn.Adam, {"amsgrad": True}),
+    (nn.Adam, {"betas": (0.0, 0.5), "eps": 1e-3, "weight_decay": 1e-2}),
+]
+
+
+@pytest.mark.parametrize("lr", [0.0, 0.01])
+@pytest.mark.parametrize(("cls", "options"), OPTIMIZER_OPTIONS, ids=lambda v: getattr(v, "__name__", str(v)))
+def test_every_optimizer_and_option_round_trips(tmp_path: Path, cls, options, lr: float) -> None:
+    data = xor(rows=32, seed=0)
+    model = nn.MLP([2, 8, 2], device="numpy", seed=0)
+    opt = cls(model.parameters(), lr=lr, **options)
+    nn.fit(model, data.x, data.y, optimizer=opt, epochs=1, batch_size=16, progress=False)
+    nn.save(tmp_path / "run.npz", model, opt)
+    restored = nn.load(tmp_path / "run.npz", device="numpy")
+    assert type(restored.optimizer) is cls and restored.optimizer.get_config() == opt.get_config()
+    for name, value in opt.state_dict().items():
+        np.testing.assert_array_equal(restored.optimizer.state_dict()[name], value)
+
+
+def test_the_extras_fit_and_the_cli_produce_round_trip(tmp_path: Path) -> None:
+    from fusednn.cli import build_parser
+    from fusednn.nn.data import MinMaxScaler, StandardScaler
+
+    data = xor(rows=48, seed=0)
+    model = nn.MLP([2, 4, 2], device="numpy", seed=0)
+    history = nn.fit(model, data.x, data.y, epochs=2, batch_size=16, metrics=["accuracy", "f1"], progress=False)
+    args = build_parser().parse_args(["train", "--hidden", "16,8", "--data", "xor"])
+    extras = {
+        "history": history.history,
+        "scaler": StandardScaler().fit(data.x).state_dict(),
+        "minmax": MinMaxScaler().fit(data.x).state_dict(),
+        "no_scaler": None,
+        "args": vars(args),
+        "nested": {"empty": {}, "tuple": (1, 2.5), "unicode": "é", "big": 2**70, "inf": float("inf")},
+    }
+    nn.save(tmp_path / "run.npz", model, **extras)
+    restored = nn.load(tmp_path / "run.npz", device="numpy").extra
+    assert restored == {**extras, "nested": {**extras["nested"], "tuple": [1, 2.5]}}
+    assert None in vars(args).values() and restored["args"]["hidden"] == [16, 8]
+
+
+@pytest.mark.parametrize(
+    ("extra", "named"),
+    [
+        ({"counts": {1: 2}}, r"extra\['counts'\] has the key 1"),  # JSON would silently turn 1 into "1"
+        ({"step": np.int64(3)}, r"extra\['step'\] is a numpy.int64"),
+        ({"weights": np.zeros(2)}, r"extra\['weights'\] is a numpy.ndarray"),
+        ({"tags": {"a", "b"}}, r"extra\['tags'\] is a builtins.set"),
+        ({"deep": [{"x": [1, object()]}]}, r"extra\['deep'\]\[0\]\['x'\]\[1\] is a builtins.object"),
+    ],
+)
+def test_save_refuses_extras_that_load_would_not_give_back(tmp_path: Path, extra, named: str) -> None:
+    model, _ = trained()
+    with pytest.raises(TypeError, match=rf"^{named}.*JSON-serialisable"):
+        nn.save(tmp_path / "run.npz", model, **extra)
+    cyclic: list = []
+    cyclic.append(cyclic)
+    with pytest.raises(TypeError, match="contains itself"):
+        nn.save(tmp_path / "run.npz", model, loop=cyclic)
+    assert list(tmp_path.iterdir()) == []
+
+
+# ----------------------------------------------------------------------------- load names what it was given
+
+
+def test_load_says_what_a_file_is_when_it_is_not_a_checkpoint(tmp_path: Path) -> None:
+    np.save(tmp_path / "weights.npy", np.zeros(3))
+    with pytest.raises(ValueError, match=r"weights.npy' is a .npy array file, not a fusednn checkpoint"):
+        nn.load(tmp_path / "weights.npy")
+    with pytest.raises(IsADirectoryError, match=rf"{str(tmp_path)!r} is a directory, not a fusednn checkpoint"):
+        nn.load(tmp_path)
+    (tmp_path / "empty.npz").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"empty.npz' is not a fusednn checkpoint \(an empty file\)"):
+        nn.load(tmp_path / "empty.npz")
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(ValueError, match=r"notes.txt' is not a fusednn checkpoint \(not an .npz archive\)"):
+        nn.load(tmp_path / "notes.txt")
+
+
+@pytest.mark.parametrize(
+    "change", [{"extra": [1, 2]}, {"epoch": "two"}, {"step": None}, {"optimizer": {"name": "Adam", "lr": -1}}]
+)
+def test_load_of_a_malformed_header_names_the_file(tmp_path: Path, change) -> None:
+    model, opt = trained()
+    nn.save(tmp_path / "good.npz", model, opt)
+    bad = rewrite(tmp_path / "good.npz", tmp_path / "bad.npz", header_change(**change))
+    with pytest.raises(ValueError, match=r"bad.npz' holds a checkpoint this fusednn cannot rebuild"):
+        nn.load(bad)
