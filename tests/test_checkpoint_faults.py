@@ -4,7 +4,9 @@ Every test asserts the same three things: the old checkpoint survives byte for b
 (and loads), the error names the user's path (never a temporary), and nothing
 half-written remains once a later save has succeeded.
 
-The SIGKILL and file-size tests fork the test process (fast: no new interpreter).
+The SIGKILL and file-size tests fork the test process (fast: no new interpreter);
+the full-disk and read-only tests need a private mount namespace (``unshare -m``,
+root) for a small tmpfs, and skip, saying why, where the sandbox refuses one.
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ import json
 import os
 import random
 import resource
+import shutil
 import signal
 import subprocess
 import sys
+import textwrap
 import time
 import traceback
 from pathlib import Path
@@ -28,6 +32,8 @@ from fusednn import nn
 from fusednn.nn import atomic
 
 pytestmark = pytest.mark.skipif(sys.platform != "linux", reason="fork, rlimits and mount namespaces are Linux's")
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def temporaries(directory: Path) -> list[str]:
@@ -204,3 +210,89 @@ def test_a_file_size_limit_mid_write_leaves_the_old_checkpoint(tmp_path: Path) -
     assert f"Cannot write {str(path)!r}" in outcome["message"] and ".tmp" not in outcome["message"]
     assert path.read_bytes() == old and nn.load(path, device="numpy").extra["note"] == "old"
     assert temporaries(tmp_path) == []
+
+
+# ----------------------------------------------------------------------------- a real full disk and a read-only mount
+
+MOUNTED = textwrap.dedent(
+    """
+    import json, os, subprocess, sys
+    import numpy as np
+    from fusednn import nn
+
+    where = sys.argv[1]
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", where], check=True)
+    path = os.path.join(where, "run.npz")
+    old_model = nn.MLP([8, 16, 2], device="numpy", seed=0)
+    nn.save(path, old_model, note="old")
+    old = open(path, "rb").read()
+
+    def attempt(action):
+        try:
+            action()
+        except OSError as error:
+            outcome = {"errno": error.errno, "message": str(error), "type": type(error).__name__}
+        else:
+            outcome = {"errno": None}
+        outcome["old survives"] = open(path, "rb").read() == old and nn.load(path).extra["note"] == "old"
+        outcome["left over"] = sorted(n for n in os.listdir(where) if n != "run.npz")
+        return outcome
+
+    big = nn.MLP([512, 512, 512], device="numpy", seed=1)  # 2 MB: does not fit in what is left of 1 MB
+    report = {"full": attempt(lambda: nn.save(path, big, note="new"))}
+    x, y = np.zeros((8, 8)), np.zeros(8, dtype=int)
+    report["fit, full"] = attempt(
+        lambda: nn.fit(big, x[:, :1].repeat(512, 1), y, epochs=1, checkpoint=path, checkpoint_overwrite=True,
+                       progress=False)
+    )
+    subprocess.run(["mount", "-o", "remount,ro", where], check=True)
+    report["read-only"] = attempt(lambda: nn.save(path, old_model, note="new"))
+    report["fit, read-only"] = attempt(
+        lambda: nn.fit(old_model, x, y, epochs=1, checkpoint=path, checkpoint_overwrite=True, progress=False)
+    )
+    report["fit, read-only, epochs"] = old_model.epochs_trained
+    print(json.dumps(report))
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def mounted_report(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """Run :data:`MOUNTED` in a private mount namespace; skip with the reason when none can be made."""
+    unshare = shutil.which("unshare")
+    if unshare is None:
+        pytest.skip("needs unshare(1) for a private mount namespace with a small tmpfs")
+    where = tmp_path_factory.mktemp("mount")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    private = [unshare, "--mount", "--propagation", "private"]
+    probe = subprocess.run(
+        [*private, "mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(where)], capture_output=True, text=True
+    )
+    if probe.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs in a private mount namespace here: {probe.stderr.strip()}")
+    done = subprocess.run(
+        [*private, sys.executable, "-c", MOUNTED, str(where)], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize(
+    ("case", "expected_errno"),
+    [("full", errno.ENOSPC), ("fit, full", errno.ENOSPC), ("read-only", errno.EROFS), ("fit, read-only", errno.EROFS)],
+)
+def test_full_and_read_only_filesystems_leave_the_old_checkpoint(mounted_report, case: str, expected_errno) -> None:
+    outcome = mounted_report[case]
+    assert outcome["errno"] == expected_errno, outcome
+    assert "run.npz'" in outcome["message"] and ".tmp" not in outcome["message"]
+    assert outcome["old survives"] and outcome["left over"] == []
+
+
+def test_fit_finds_a_read_only_destination_before_training(mounted_report) -> None:
+    assert mounted_report["fit, read-only, epochs"] == 0
+    assert "Cannot write" in mounted_report["fit, read-only"]["message"]
+
+
+def test_fit_says_what_a_full_disk_left_on_disk(mounted_report) -> None:
+    assert "this run wrote no checkpoint" in mounted_report["fit, full"]["message"]
+    assert "is as it was" in mounted_report["fit, full"]["message"]
