@@ -164,7 +164,7 @@ def test_optimizer_state_follows_model_to_another_device(device: str) -> None:
     ("factory", "message"),
     [
         (lambda p: nn.SGD(p, lr=-1.0), "Invalid learning rate: -1.0"),
-        (lambda p: nn.Adam(p, lr=0.0), "Invalid learning rate: 0.0"),
+        (lambda p: nn.Adam(p, lr=-1e-3), "Invalid learning rate: -0.001"),
         (lambda p: nn.RMSprop(p, lr=-0.5), "Invalid learning rate: -0.5"),
         (lambda p: nn.SGD(p, momentum=-0.1), "Invalid momentum value: -0.1"),
         (lambda p: nn.SGD(p, weight_decay=-1), "Invalid weight_decay value: -1.0"),
@@ -175,7 +175,7 @@ def test_optimizer_state_follows_model_to_another_device(device: str) -> None:
         ),
         (lambda p: nn.Adam(p, betas=(1.0, 0.999)), "Invalid beta parameter at index 0: 1.0"),
         (lambda p: nn.Adam(p, betas=(0.9, -0.1)), "Invalid beta parameter at index 1: -0.1"),
-        (lambda p: nn.Adam(p, betas=(0.9,)), "Adam takes two betas"),
+        (lambda p: nn.Adam(p, betas=(0.9,)), "betas must be a pair of floats (beta1, beta2)"),
         (lambda p: nn.Adam(p, eps=-1e-8), "Invalid epsilon value: -1e-08"),
         (lambda p: nn.Adam(p, weight_decay=-0.1), "Invalid weight_decay value: -0.1"),
         (lambda p: nn.RMSprop(p, alpha=-0.9), "Invalid alpha value: -0.9"),
@@ -220,3 +220,80 @@ def test_get_optimizer_by_name_and_zero_grad() -> None:
     assert np.any(model.parameters().grad)
     opt.zero_grad()
     assert not np.any(model.parameters().grad)
+
+
+NON_FINITE = [float("nan"), float("inf"), float("-inf")]
+# Every numeric hyperparameter of every optimizer, with PyTorch's label for it.
+HYPERPARAMETERS = [
+    (nn.SGD, "lr", "learning rate"),
+    (nn.SGD, "momentum", "momentum value"),
+    (nn.SGD, "dampening", "dampening value"),
+    (nn.SGD, "weight_decay", "weight_decay value"),
+    (nn.RMSprop, "lr", "learning rate"),
+    (nn.RMSprop, "alpha", "alpha value"),
+    (nn.RMSprop, "weight_decay", "weight_decay value"),
+    (nn.RMSprop, "momentum", "momentum value"),
+    (nn.Adam, "lr", "learning rate"),
+    (nn.Adam, "weight_decay", "weight_decay value"),
+]
+
+
+@pytest.mark.parametrize("value", NON_FINITE, ids=str)
+@pytest.mark.parametrize(("cls", "name", "label"), HYPERPARAMETERS, ids=lambda v: getattr(v, "__name__", v))
+def test_non_finite_hyperparameters_are_refused_in_the_constructor_and_later(cls, name, label, value) -> None:
+    params = nn.MLP([2, 1], device="numpy").parameters()
+    with pytest.raises(ValueError, match=rf"^Invalid {label}: {value} \(expected a finite number >= 0\)$"):
+        cls(params, **{name: value})
+    opt = cls(params)
+    before = getattr(opt, name)
+    with pytest.raises(ValueError, match=rf"^Invalid {label}: {value} "):
+        setattr(opt, name, value)  # what a schedule (or a user) does between steps
+    assert getattr(opt, name) == before
+
+
+@pytest.mark.parametrize("value", [*NON_FINITE, 0.0, -1e-8])
+@pytest.mark.parametrize("cls", [nn.RMSprop, nn.Adam])
+def test_eps_must_be_positive_and_finite(cls, value: float) -> None:
+    """0 / 0 in the zero-gradient padding otherwise: Adam's and RMSprop's first step would write NaN there."""
+    params = nn.MLP([2, 1], device="numpy").parameters()
+    with pytest.raises(ValueError, match=rf"^Invalid epsilon value: {value} \(expected a finite number > 0\)$"):
+        cls(params, eps=value)
+
+
+@pytest.mark.parametrize("value", [*NON_FINITE, 1.0, -0.1])
+@pytest.mark.parametrize("index", [0, 1])
+def test_adam_betas_must_be_finite_and_in_the_unit_interval(index: int, value: float) -> None:
+    params = nn.MLP([2, 1], device="numpy").parameters()
+    betas = [0.9, 0.999]
+    betas[index] = value
+    with pytest.raises(ValueError, match=rf"^Invalid beta parameter at index {index}: {value} \(expected .*\[0, 1\)"):
+        nn.Adam(params, betas=tuple(betas))
+
+
+@pytest.mark.parametrize("betas", [0.9, None, "ab", (0.9, 0.99, 0.999)])
+def test_adam_betas_that_are_not_a_pair_get_a_clear_message(betas) -> None:
+    params = nn.MLP([2, 1], device="numpy").parameters()
+    with pytest.raises((TypeError, ValueError), match=r"betas must be a pair of floats|Invalid beta parameter"):
+        nn.Adam(params, betas=betas)
+    if not isinstance(betas, str):
+        with pytest.raises((TypeError, ValueError), match=r"^betas must be a pair of floats \(beta1, beta2\)"):
+            nn.Adam(params, betas=betas)
+
+
+@pytest.mark.parametrize("value", ["0.1", True, None, [0.1], 1j])
+def test_hyperparameters_that_are_not_real_numbers_are_refused(value) -> None:
+    params = nn.MLP([2, 1], device="numpy").parameters()
+    with pytest.raises(TypeError, match=r"^Invalid learning rate: .* is not a real number$"):
+        nn.SGD(params, lr=value)
+
+
+@pytest.mark.parametrize("cls", [nn.SGD, nn.RMSprop, nn.Adam])
+def test_a_zero_learning_rate_is_valid_as_in_torch(cls) -> None:
+    """``torch.optim`` checks ``0.0 <= lr``; a schedule that anneals to 0 must be able to set it."""
+    model, x, y = make_problem("numpy", "float64")
+    opt = cls(model.parameters(), lr=0.0)
+    before = model.get_weights()
+    train_step(model, nn.get_loss("categorical_crossentropy", device="numpy"), opt, x, y)
+    for a, b in zip(model.get_weights(), before, strict=True):
+        np.testing.assert_array_equal(a, b)
+    assert nn.optimizer_from_config(opt.get_config(), model.parameters()).lr == 0.0

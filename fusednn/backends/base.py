@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from types import ModuleType
 from typing import Any
@@ -178,6 +178,26 @@ class Backend:
     def take_rows(self, x: Array, indices: Array) -> Array:
         """Gather rows ``x[indices]`` (a mini-batch) into a new contiguous array."""
         return self.xp.take(x, indices, axis=0)
+
+    def write_finite_flags(self, arrays: Sequence[Array], out: Array) -> None:
+        """Set ``out[i]`` to 1 if every element of ``arrays[i]`` is finite, else to 0, without a host synchronisation.
+
+        The flags stay on the device: ``fit`` writes them behind an epoch's step losses,
+        so that the one read of that vector per epoch also says whether the parameters
+        and the optimizer state are still finite. The minimum and the maximum propagate
+        NaN and expose an infinity, so two reductions decide it without a temporary the
+        size of the array.
+
+        >>> import numpy as np, fusednn
+        >>> be = fusednn.backend("numpy")
+        >>> flags = be.zeros(2, "float32")
+        >>> be.write_finite_flags([be.asarray([1.0, 2.0]), be.asarray([1.0, np.inf])], flags)
+        >>> flags
+        array([1., 0.], dtype=float32)
+        """
+        isfinite = self.xp.isfinite
+        for i, array in enumerate(arrays):
+            out[i] = (isfinite(array.min()) & isfinite(array.max())) if array.size else True
 
     def check(self, x: Any, name: str = "array") -> Array:
         """Check that ``x`` is a float32/float64 array of this backend and return it.

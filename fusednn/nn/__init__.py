@@ -12,7 +12,7 @@
 """
 
 from . import data, metrics, schedules
-from .callbacks import EarlyStopping, History, NonFiniteLossError
+from .callbacks import EarlyStopping, History, NonFiniteError, NonFiniteLossError, NonFiniteStateError
 from .checkpoint import Checkpoint, load, save
 from .init import INITIALIZERS
 from .layers import Dense
@@ -47,7 +47,9 @@ __all__ = [
     "Loss",
     "MeanAbsoluteError",
     "MeanSquaredError",
+    "NonFiniteError",
     "NonFiniteLossError",
+    "NonFiniteStateError",
     "Optimizer",
     "Parameters",
     "RMSprop",

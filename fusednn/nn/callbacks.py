@@ -1,7 +1,10 @@
-"""What a training run reports and how it stops: :class:`History`, :class:`EarlyStopping`, :class:`NonFiniteLossError`.
+"""What a training run reports and how it stops: :class:`History`, :class:`EarlyStopping`, :class:`NonFiniteError`.
 
 :func:`fusednn.nn.fit` fills a :class:`History`, consults an :class:`EarlyStopping`
-after every epoch, and raises :class:`NonFiniteLossError` when the loss diverges.
+after every epoch, and raises a :class:`NonFiniteError` when training diverges:
+:class:`NonFiniteLossError` for a NaN or infinite loss, :class:`NonFiniteStateError`
+for parameters or optimizer state that are no longer finite (which
+:func:`fusednn.nn.save` also refuses to write).
 """
 
 from __future__ import annotations
@@ -17,15 +20,68 @@ logger = logging.getLogger("fusednn.training")
 Array = Any
 
 
-class NonFiniteLossError(RuntimeError):
-    """Training produced a NaN or infinite loss; ``epoch`` and ``step`` (1-based) say where first."""
+_ADVICE = "Try a smaller learning rate or check the data for NaN/inf values"
 
-    def __init__(self, epoch: int, step: int, value: float) -> None:
-        super().__init__(
-            f"Loss became {value} at epoch {epoch}, step {step}; training stopped and no checkpoint was "
-            "written for this epoch. Try a smaller learning rate or check the data for NaN/inf values"
+
+def _stopped(on_disk: str) -> str:
+    """How a divergence message goes on: training stopped, and what the checkpoint file holds, if ``fit`` had one."""
+    return f"training stopped; {on_disk}" if on_disk else "training stopped"
+
+
+class NonFiniteError(RuntimeError):
+    """Base class: training met NaN or infinite values (the loss, parameters or optimizer state).
+
+    Catch this one class to treat every kind of divergence alike (the command line exits with status 1).
+    """
+
+
+class NonFiniteLossError(NonFiniteError):
+    """Training produced a NaN or infinite loss; ``epoch`` and ``step`` (1-based) say where first.
+
+    ``on_disk``, when :func:`fit` was writing a checkpoint, says which epoch that file still
+    holds (the epoch that diverged is never saved); the message ends with it.
+    """
+
+    def __init__(self, epoch: int, step: int, value: float, on_disk: str = "") -> None:
+        super().__init__(f"Loss became {value} at epoch {epoch}, step {step}; {_stopped(on_disk)}. {_ADVICE}")
+        self.epoch, self.step, self.value, self.on_disk = epoch, step, value, on_disk
+
+
+class NonFiniteStateError(NonFiniteError):
+    """Parameters or optimizer state hold NaN or infinite values, so they must not be trained on or saved.
+
+    :func:`fit` checks once per epoch, in the same device-to-host read as the epoch's losses,
+    and raises this when the losses were finite but an update (typically the epoch's last)
+    overflowed; :func:`fusednn.nn.save` raises it rather than write such values.
+
+    Attributes:
+        arrays: what is not finite, e.g. ``["parameters", "optimizer state 'exp_avg_sq'"]``.
+        epoch: the 1-based epoch whose updates produced it, or ``None`` when :func:`save` refused.
+        on_disk: what the checkpoint file holds now (empty when there was none).
+    """
+
+    def __init__(self, message: str, arrays: list[str], epoch: int | None = None, on_disk: str = "") -> None:
+        super().__init__(message)
+        self.arrays, self.epoch, self.on_disk = list(arrays), epoch, on_disk
+
+    @classmethod
+    def in_epoch(cls, arrays: list[str], epoch: int, on_disk: str = "") -> NonFiniteStateError:
+        """The error :func:`fit` raises when ``arrays`` stopped being finite during ``epoch`` (1-based)."""
+        listed = ", ".join(arrays)
+        return cls(
+            f"{listed[:1].upper()}{listed[1:]} became NaN or infinite in epoch {epoch} (its losses were finite, "
+            f"so an update overflowed); {_stopped(on_disk)}. {_ADVICE}",
+            arrays,
+            epoch,
+            on_disk,
         )
-        self.epoch, self.step, self.value = epoch, step, value
+
+    @classmethod
+    def refusing_to_save(cls, path: str, arrays: list[str]) -> NonFiniteStateError:
+        """The error :func:`fusednn.nn.save` raises instead of writing ``arrays`` to ``path``."""
+        on_disk = f"{path!r} is as it was"
+        verb = "holds" if len(arrays) == 1 else "hold"
+        return cls(f"Refusing to save {path!r}: {', '.join(arrays)} {verb} NaN or infinite values; {on_disk}", arrays)
 
 
 @dataclass

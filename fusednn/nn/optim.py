@@ -2,53 +2,89 @@
 
 An optimizer owns validation, hyperparameters, its state (flat arrays named as in
 PyTorch plus a host-side step counter) and the step count; the backend's
-``sgd_step`` / ``rmsprop_step`` / ``adam_step`` own the maths. ``lr`` is a plain
+``sgd_step`` / ``rmsprop_step`` / ``adam_step`` own the maths. ``lr`` is an
 attribute read at every step, so learning-rate schedules can set ``opt.lr``.
+
+Every hyperparameter is checked whenever it is assigned, in the constructor or
+later (``opt.lr = schedule(t)``): a value that could only produce garbage (NaN,
+infinity, a negative rate) never reaches a step or a checkpoint, so whatever
+:func:`fusednn.nn.save` writes, :func:`optimizer_from_config` rebuilds.
+
+>>> from fusednn import nn
+>>> opt = nn.SGD(nn.MLP([2, 1], device="numpy").parameters(), lr=0.1)
+>>> opt.lr = float("nan")
+Traceback (most recent call last):
+    ...
+ValueError: Invalid learning rate: nan (expected a finite number >= 0)
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import numpy as np
 
 from ..backends import Backend
+from .hyperparameters import check_real
 from .parameters import Parameters
 
 Array = Any
 
 
-def _check_non_negative(label: str, value: float) -> float:
-    value = float(value)
-    if not value >= 0.0:  # also rejects NaN
-        raise ValueError(f"Invalid {label}: {value}")
-    return value
+def _non_negative(label: str) -> Callable[[Any], float]:
+    """A check for a hyperparameter that must be a finite number >= 0 (PyTorch's wording: ``Invalid <label>: -1.0``)."""
+    return lambda value: check_real(label, value)
 
 
-def _check_lr(lr: float) -> float:
-    lr = float(lr)
-    if not lr > 0.0:
-        raise ValueError(f"Invalid learning rate: {lr}")
-    return lr
+def _positive(label: str) -> Callable[[Any], float]:
+    """A check for a hyperparameter that must be a finite number > 0."""
+    return lambda value: check_real(label, value, low_open=True)
+
+
+def _check_betas(betas: Any) -> tuple[float, float]:
+    # Any pair of numbers works at run time: get_config stores it as a list (JSON has no tuples).
+    message = f"betas must be a pair of floats (beta1, beta2), each in [0, 1), got {betas!r}"
+    try:
+        pair = tuple(betas)
+    except TypeError:
+        raise TypeError(message) from None
+    if len(pair) != 2:
+        raise ValueError(message)
+    beta1, beta2 = (check_real(f"beta parameter at index {i}", b, 0.0, 1.0, high_open=True) for i, b in enumerate(pair))
+    return beta1, beta2
 
 
 class Optimizer:
     """Base class: holds the :class:`~fusednn.nn.parameters.Parameters`, the state and the step counter.
 
-    Subclasses list their state arrays in :meth:`_state_names` and implement :meth:`_update`.
+    Subclasses list their state arrays in :meth:`_state_names`, implement :meth:`_update`, and
+    name the check of each hyperparameter in ``_checks``, which runs on every assignment.
     If the parameters move to another device (``model.to(...)``) the state follows on the next step.
+
+    Raises:
+        ValueError: a hyperparameter assigned at any time is NaN, infinite or out of range
+            (``Invalid learning rate: nan (expected a finite number >= 0)``).
+        TypeError: it is not a real number.
     """
+
+    #: Hyperparameter name -> check that returns the value to store or raises; run on every assignment.
+    _checks: ClassVar[dict[str, Callable[[Any], Any]]] = {"lr": _non_negative("learning rate")}
 
     def __init__(self, params: Parameters, lr: float) -> None:
         if not isinstance(params, Parameters):
             raise TypeError(f"Optimizers take model.parameters(), got {type(params).__name__}")
         self.params = params
-        self.lr = _check_lr(lr)
+        self.lr = lr
         self.step_count = 0
         self._backend: Backend = params.backend
         self.state: dict[str, Array] = {
             name: params.backend.zeros(params.size, params.dtype) for name in self._state_names()
         }
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        check = self._checks.get(name)
+        super().__setattr__(name, value if check is None else check(value))
 
     def _state_names(self) -> list[str]:
         raise NotImplementedError
@@ -132,9 +168,16 @@ class SGD(Optimizer):
     >>> opt = nn.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True)
 
     Raises:
-        ValueError: ``lr <= 0``; negative momentum, dampening or weight decay; Nesterov with
-            dampening or without momentum.
+        ValueError: ``lr``, momentum, dampening or weight decay negative or not finite; Nesterov
+            with dampening or without momentum.
     """
+
+    _checks = {
+        **Optimizer._checks,
+        "momentum": _non_negative("momentum value"),
+        "dampening": _non_negative("dampening value"),
+        "weight_decay": _non_negative("weight_decay value"),
+    }
 
     def __init__(
         self,
@@ -145,9 +188,9 @@ class SGD(Optimizer):
         nesterov: bool = False,
         weight_decay: float = 0.0,
     ) -> None:
-        self.momentum = _check_non_negative("momentum value", momentum)
-        self.dampening = _check_non_negative("dampening value", dampening)
-        self.weight_decay = _check_non_negative("weight_decay value", weight_decay)
+        self.momentum = momentum
+        self.dampening = dampening
+        self.weight_decay = weight_decay
         self.nesterov = bool(nesterov)
         if self.nesterov and (self.momentum <= 0 or self.dampening != 0):
             raise ValueError("Nesterov momentum requires a momentum and zero dampening")
@@ -195,9 +238,21 @@ class RMSprop(Optimizer):
     .. warning:: As PyTorch, ``eps`` is added outside the square root (Keras and Optax's
        default add it inside), so results differ from theirs at small gradients.
 
+    .. warning:: Unlike PyTorch, ``eps`` must be positive: the padding of the flat buffer
+       (and any unit whose gradient stays zero) would otherwise compute ``0 / 0``.
+
     Raises:
-        ValueError: ``lr <= 0``; negative alpha, eps, weight decay or momentum.
+        ValueError: ``lr``, alpha, weight decay or momentum negative or not finite; ``eps``
+            not a finite number > 0.
     """
+
+    _checks = {
+        **Optimizer._checks,
+        "alpha": _non_negative("alpha value"),
+        "eps": _positive("epsilon value"),
+        "weight_decay": _non_negative("weight_decay value"),
+        "momentum": _non_negative("momentum value"),
+    }
 
     def __init__(
         self,
@@ -209,10 +264,10 @@ class RMSprop(Optimizer):
         momentum: float = 0.0,
         centered: bool = False,
     ) -> None:
-        self.alpha = _check_non_negative("alpha value", alpha)
-        self.eps = _check_non_negative("epsilon value", eps)
-        self.weight_decay = _check_non_negative("weight_decay value", weight_decay)
-        self.momentum = _check_non_negative("momentum value", momentum)
+        self.alpha = alpha
+        self.eps = eps
+        self.weight_decay = weight_decay
+        self.momentum = momentum
         self.centered = bool(centered)
         super().__init__(params, lr)
 
@@ -257,13 +312,25 @@ class Adam(Optimizer):
 
     State: ``exp_avg``, ``exp_avg_sq``, ``max_exp_avg_sq`` (amsgrad).
 
+    .. warning:: Unlike PyTorch, ``eps`` must be positive: the padding of the flat buffer
+       (and any weight whose gradient stays zero) would otherwise compute ``0 / 0``.
+
     >>> from fusednn import nn
     >>> model = nn.MLP([2, 4, 1], device="numpy", seed=0)
     >>> opt = nn.Adam(model.parameters(), lr=1e-3, betas=(0.9, 0.999), amsgrad=True)
 
     Raises:
-        ValueError: ``lr <= 0``; a beta outside ``[0, 1)``; negative eps or weight decay.
+        ValueError: ``lr`` or weight decay negative or not finite; ``eps`` not a finite number > 0;
+            a beta outside ``[0, 1)``.
+        TypeError: ``betas`` is not a pair of numbers.
     """
+
+    _checks = {
+        **Optimizer._checks,
+        "betas": _check_betas,
+        "eps": _positive("epsilon value"),
+        "weight_decay": _non_negative("weight_decay value"),
+    }
 
     def __init__(
         self,
@@ -274,16 +341,9 @@ class Adam(Optimizer):
         weight_decay: float = 0.0,
         amsgrad: bool = False,
     ) -> None:
-        # Any two numbers work at run time: get_config stores them as a list (JSON has no tuples).
-        beta_values = tuple(float(b) for b in betas)
-        if len(beta_values) != 2:
-            raise ValueError(f"Adam takes two betas, got {beta_values}")
-        for index, beta in enumerate(beta_values):
-            if not 0.0 <= beta < 1.0:
-                raise ValueError(f"Invalid beta parameter at index {index}: {beta}")
-        self.betas: tuple[float, float] = beta_values
-        self.eps = _check_non_negative("epsilon value", eps)
-        self.weight_decay = _check_non_negative("weight_decay value", weight_decay)
+        self.betas = betas
+        self.eps = eps
+        self.weight_decay = weight_decay
         self.amsgrad = bool(amsgrad)
         super().__init__(params, lr)
 

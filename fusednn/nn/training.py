@@ -9,10 +9,14 @@ Design choices, each so that one code path serves every device:
   on the host: the same order on every device, and a resumed run (the epoch
   counter travels in checkpoints as ``model.epochs_trained``) draws the order an
   uninterrupted run would have drawn.
-* Each step's loss is written into a device vector; the host reads that vector
-  once per epoch. That read is where a non-finite loss is detected, so the check
-  costs no synchronisation per step yet still names the first bad step. The epoch
-  whose loss went bad is never checkpointed, so the last good checkpoint survives.
+* Each step's loss is written into a device vector, followed by one flag per
+  parameter/optimizer-state buffer saying whether it is still all finite; the host
+  reads that vector once per epoch. That read is where divergence is detected (a
+  non-finite loss, named by its first bad step, or an update that overflowed), so
+  the check costs no synchronisation per step. An epoch that diverged is never
+  checkpointed, and the error says which epoch the checkpoint file still holds.
+* A schedule's rates for an epoch are computed on the host before its first update,
+  so a rate that is NaN, infinite or negative stops the run before it touches the weights.
 * Training metrics are computed, as Keras does, on the outputs seen during the
   epoch (kept in a device buffer and read once); validation metrics on a full pass.
 """
@@ -23,7 +27,7 @@ import logging
 import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, cast
 
@@ -31,12 +35,12 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import metrics as metrics_module
-from .callbacks import EarlyStopping, History, NonFiniteLossError
-from .checkpoint import save
+from .callbacks import EarlyStopping, History, NonFiniteLossError, NonFiniteStateError
+from .checkpoint import EpochCheckpoints
 from .data import train_val_split
 from .losses import Loss, get_loss
 from .optim import Optimizer, get_optimizer
-from .schedules import ScheduleFn
+from .schedules import ScheduleFn, learning_rates
 
 logger = logging.getLogger("fusednn.training")
 
@@ -180,9 +184,16 @@ def evaluate(
     )
 
 
+def _no_checkpoint() -> str:
+    return ""
+
+
 @dataclass
 class _Loop:
-    """Everything one epoch of training needs, fixed for a :func:`fit` call."""
+    """Everything one epoch of training needs, fixed for a :func:`fit` call.
+
+    ``on_disk`` says what the checkpoint file holds, for the messages of errors raised mid-run.
+    """
 
     model: Any
     loss: Loss
@@ -195,6 +206,7 @@ class _Loop:
     schedule: ScheduleFn | None
     schedule_per_step: bool
     metric_list: list[metrics_module.Metric]
+    on_disk: Callable[[], str] = _no_checkpoint
 
     def run_epoch(self, epoch: int, bar: Any) -> dict[str, float]:
         """Train one epoch; returns its logs. The loop's direct array arithmetic runs on the model's device."""
@@ -208,13 +220,15 @@ class _Loop:
         updates = math.ceil(steps / self.accumulate)
         order = np.random.default_rng([self.seed, epoch]).permutation(data.n) if self.shuffle else None
         index = backend.asindex(order) if self.shuffle else None  # one host-to-device copy per epoch
-        step_losses = backend.zeros(steps, model.dtype)
+        # The step losses, then a finite flag for each buffer _epoch_end checks (read in one go).
+        step_losses = backend.zeros(steps + len(self._checked_buffers()), model.dtype)
         outputs = backend.empty((data.n, model.out_features), model.dtype) if self.metric_list else None
         penalty = _has_penalty(model)
         accumulated = backend.zeros(params.size, model.dtype) if self.accumulate > 1 else None
         group_rows = 0
-        if self.schedule is not None and not self.schedule_per_step:
-            self.optimizer.lr = float(self.schedule(float(epoch)))
+        rates = self._learning_rates(epoch, updates)
+        if rates is not None and not self.schedule_per_step:
+            self.optimizer.lr = rates[0]
         for i in range(steps):
             a, b = i * batch, min(data.n, (i + 1) * batch)
             if index is None:
@@ -225,8 +239,8 @@ class _Loop:
             first_in_group = i % self.accumulate == 0
             if first_in_group:
                 group_rows = min(data.n, a + self.accumulate * batch) - a
-                if self.schedule is not None and self.schedule_per_step:
-                    self.optimizer.lr = float(self.schedule(epoch + (i // self.accumulate) / updates))
+                if rates is not None and self.schedule_per_step:
+                    self.optimizer.lr = rates[i // self.accumulate]
             out = model.forward(xb)
             value, dout = self.loss(out, yb)
             if penalty:
@@ -250,16 +264,42 @@ class _Loop:
             else:
                 self.optimizer.step()
             bar.update(1)
-        return self._epoch_end(epoch, step_losses, outputs, order)
+        return self._epoch_end(epoch, steps, step_losses, outputs, order)
 
-    def _epoch_end(self, epoch: int, step_losses: Array, outputs: Array | None, order: Any) -> dict[str, float]:
+    def _checked_buffers(self) -> dict[str, Array]:
+        """What must be finite at the end of an epoch for it to be saved, by the name an error gives it."""
+        buffers = {"parameters": self.model.parameters().data}
+        buffers.update({f"optimizer state {name!r}": state for name, state in self.optimizer.state.items()})
+        return buffers
+
+    def _learning_rates(self, epoch: int, updates: int) -> list[float] | None:
+        """The schedule's rate for each update of ``epoch`` (one for the epoch with ``schedule_interval="epoch"``)."""
+        if self.schedule is None:
+            return None
+        try:
+            return learning_rates(self.schedule, epoch, updates, self.schedule_per_step)
+        except (TypeError, ValueError) as error:
+            on_disk = self.on_disk()
+            if not on_disk:
+                raise
+            raise type(error)(f"{error}; {on_disk}") from None
+
+    def _epoch_end(
+        self, epoch: int, steps: int, step_losses: Array, outputs: Array | None, order: Any
+    ) -> dict[str, float]:
         backend, data, batch = self.model.backend, self.data, self.batch_size
-        losses = backend.to_numpy(step_losses).astype(np.float64)  # the one read of the epoch
+        checked = self._checked_buffers()
+        backend.write_finite_flags(list(checked.values()), step_losses[steps:])
+        read = backend.to_numpy(step_losses).astype(np.float64)  # the one read of the epoch
+        losses, finite = read[:steps], read[steps:]
         bad = np.flatnonzero(~np.isfinite(losses))
         if bad.size:
-            raise NonFiniteLossError(epoch + 1, int(bad[0]) + 1, float(losses[bad[0]]))
-        sizes = np.full(losses.shape[0], batch, dtype=np.float64)
-        sizes[-1] = data.n - (losses.shape[0] - 1) * batch
+            raise NonFiniteLossError(epoch + 1, int(bad[0]) + 1, float(losses[bad[0]]), self.on_disk())
+        if not finite.all():
+            names = [name for name, flag in zip(checked, finite, strict=True) if not flag]
+            raise NonFiniteStateError.in_epoch(names, epoch + 1, self.on_disk())
+        sizes = np.full(steps, batch, dtype=np.float64)
+        sizes[-1] = data.n - (steps - 1) * batch
         logs = {"loss": float(np.dot(losses, sizes) / data.n)}
         if outputs is not None:
             y_seen = data.y_host if order is None else data.y_host[order]
@@ -302,6 +342,7 @@ def fit(
     early_stopping: EarlyStopping | None = None,
     checkpoint: str | os.PathLike | None = None,
     checkpoint_extra: dict[str, Any] | None = None,
+    checkpoint_overwrite: bool = False,
     schedule: ScheduleFn | None = None,
     schedule_interval: str = "step",
     accumulate: int = 1,
@@ -331,8 +372,11 @@ def fit(
         checkpoint: a path; :func:`fusednn.nn.save` writes the model, optimizer and history there
             after every epoch that ended with a finite loss, plus the JSON values in ``checkpoint_extra``
             (whose ``"history"``, if any, is taken as earlier epochs' and continued).
+        checkpoint_overwrite: whether a file already at ``checkpoint`` may be replaced; without it
+            :func:`fit` raises ``FileExistsError`` before training.
         schedule, schedule_interval: a learning-rate schedule (see :mod:`fusednn.nn.schedules`)
             that sets ``optimizer.lr`` before every optimizer step (``"step"``) or every epoch (``"epoch"``).
+            Each epoch's rates are computed before its first update and must be finite numbers >= 0.
         accumulate: micro-batches per optimizer step; each gradient is weighted by its share of
             the rows, so ``accumulate=k`` equals ``batch_size * k`` without the memory.
         eval_batch_size: rows per batch of the validation pass.
@@ -341,8 +385,13 @@ def fit(
         A :class:`History` with one value per epoch of ``loss``, each metric, and their ``val_`` forms.
 
     Raises:
-        ValueError / TypeError: bad arguments, named with what was expected.
+        ValueError / TypeError: bad arguments, named with what was expected, before training;
+            a schedule rate that is not a finite number >= 0 (names the epoch and step).
+        OSError: the checkpoint destination is unusable (checked before training), or a write
+            failed; the message names the path (``FileExistsError`` for a file already there).
         NonFiniteLossError: the loss became NaN or infinite (names the epoch and step).
+        NonFiniteStateError: the parameters or optimizer state became NaN or infinite.
+            Both are :class:`NonFiniteError`; their message says which epoch the checkpoint holds.
 
     >>> import numpy as np
     >>> from fusednn import nn
@@ -364,6 +413,11 @@ def fit(
         raise TypeError(f"schedule must be callable (t -> lr), got {type(schedule).__name__}")
     if early_stopping is not None and not isinstance(early_stopping, EarlyStopping):
         raise TypeError(f"early_stopping must be an nn.EarlyStopping, got {type(early_stopping).__name__}")
+    if checkpoint is None and checkpoint_extra:
+        raise ValueError("checkpoint_extra is saved with a checkpoint; pass checkpoint=path too")
+    checkpoints = (
+        EpochCheckpoints(checkpoint, checkpoint_overwrite, checkpoint_extra) if checkpoint is not None else None
+    )
     if seed is None:
         # SeedSequence() draws its entropy from the OS as one int; the stub's type covers entropy passed in too.
         seed = int(cast(int, np.random.SeedSequence().entropy) % 2**63)
@@ -387,6 +441,8 @@ def fit(
         schedule_interval == "step",
         metric_list,
     )
+    if checkpoints is not None:
+        loop.on_disk = checkpoints.on_disk
     first = int(model.epochs_trained)
     last = first + epochs
     history = History(
@@ -418,11 +474,8 @@ def fit(
         history._record(epoch, logs)
         logger.info("epoch %d/%d: %s", epoch + 1, last, "  ".join(f"{k}={v:.6g}" for k, v in logs.items()))
         stop = early_stopping is not None and early_stopping._update(epoch, logs, model.parameters().data)
-        if checkpoint is not None:
-            extra = dict(checkpoint_extra or {})
-            earlier = extra.pop("history", {})
-            merged = {key: list(earlier.get(key, [])) + values for key, values in history.history.items()}
-            save(checkpoint, model, opt, history=merged, **extra)
+        if checkpoints is not None:
+            checkpoints.save(model, opt, history.history)
         if stop:
             assert early_stopping is not None  # only an EarlyStopping stops training early
             logger.info("early stopping after epoch %d: %s did not improve", epoch + 1, early_stopping.monitor)
