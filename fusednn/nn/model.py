@@ -10,6 +10,7 @@ import numpy as np
 import fusednn
 
 from ..backends import Backend, resolve_dtype, to_host
+from ..backends.base import unmasked
 from .layers import Dense
 from .parameters import Parameters
 
@@ -118,7 +119,7 @@ class Sequential:
     # ------------------------------------------------------------------ compute
 
     def _input(self, x: Any) -> Array:
-        x = self.backend.asarray(x, dtype=self.dtype)
+        x = self.backend.asarray(x, dtype=self.dtype, name="x")
         if x.ndim != 2:
             raise ValueError(f"Expected input of shape (N, {self.in_features}), got an array of shape {tuple(x.shape)}")
         if x.shape[1] != self.in_features:
@@ -134,7 +135,9 @@ class Sequential:
         model's dtype. Returns the output ``(N, out_features)`` on the model's device.
 
         Raises:
-            ValueError: ``x`` is not 2-D or has the wrong number of features.
+            ValueError: ``x`` is not 2-D, has the wrong number of features, or is a masked
+                array with masked entries.
+            TypeError: ``x`` does not hold real numbers (complex, objects, strings...).
         """
         h = self._input(x)
         for layer in self.layers:
@@ -156,7 +159,7 @@ class Sequential:
         """
         if any(layer._cache is None for layer in self.layers):
             raise RuntimeError("backward() called before forward(): run model.forward(x) first")
-        grad = self.backend.asarray(dout, dtype=self.dtype)
+        grad = self.backend.asarray(dout, dtype=self.dtype, name="dout")
         last_cache = self.layers[-1]._cache
         assert last_cache is not None  # every layer's cache was checked just above
         expected = last_cache[2].shape
@@ -170,7 +173,7 @@ class Sequential:
     def predict(self, x: Any, batch_size: int | None = None) -> np.ndarray:
         """The model's output for ``x`` as a NumPy array, in batches of ``batch_size`` rows (all at once if ``None``).
 
-        Keeps nothing for backward.
+        Keeps nothing for backward. ``x`` is checked as in :meth:`forward`.
         """
         x = self._input(x)
         n = x.shape[0]
@@ -210,7 +213,8 @@ class Sequential:
         """Copy ``weights`` (laid out as :meth:`get_weights`) into the model, cast to its dtype.
 
         Raises:
-            ValueError: wrong number of arrays, or an array of the wrong shape.
+            ValueError: wrong number of arrays, an array of the wrong shape, or a masked
+                array with masked entries.
             TypeError: an array is not floating point.
         """
         weights = list(weights)
@@ -219,7 +223,7 @@ class Sequential:
             raise ValueError(f"Expected {len(shapes)} weight arrays, got {len(weights)}")
         checked = []
         for index, (w, shape) in enumerate(zip(weights, shapes, strict=True)):
-            w = to_host(w)
+            w = to_host(unmasked(w, f"Weight {index}"))
             if w.dtype.kind != "f":
                 raise TypeError(f"Weight {index} has dtype {w.dtype.name!r}; expected a floating-point array")
             if tuple(w.shape) != shape:

@@ -37,6 +37,7 @@ from .data import train_val_split
 from .losses import Loss, get_loss
 from .optim import Optimizer, get_optimizer
 from .schedules import ScheduleFn
+from .validation import check_data
 
 logger = logging.getLogger("fusednn.training")
 
@@ -59,28 +60,24 @@ def _resolve_metrics(names: Sequence[str] | None, loss: Loss) -> list[metrics_mo
     return resolved
 
 
-class _Data:
-    """One data set moved to the model's device once, with the host copies metrics need."""
+def _checked(model: Any, loss: Loss, x: Any, y: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(x, y)`` checked on the host for ``model`` and ``loss`` (see :func:`~fusednn.nn.validation.check_data`)."""
+    return check_data(
+        x, y, name, in_features=model.in_features, out_features=model.out_features, dtype=model.dtype, loss=loss
+    )
 
-    def __init__(self, model: Any, loss: Loss, x: Any, y: Any, name: str) -> None:
-        x, y = np.asarray(x), np.asarray(y)
-        if x.ndim != 2 or x.shape[1] != model.in_features:
-            raise ValueError(f"{name} x has shape {x.shape}; the model expects (N, {model.in_features})")
-        if y.ndim == 0 or y.shape[0] != x.shape[0]:
-            raise ValueError(f"{name} x has {x.shape[0]} rows but y has shape {y.shape}")
-        if x.shape[0] == 0:
-            raise ValueError(f"{name} data is empty")
+
+class _Data:
+    """One data set, checked by :func:`_checked`, moved to the model's device once, with the host copies metrics need.
+
+    Its targets need no further checks: the loops pass ``check_target=False`` to the loss.
+    """
+
+    def __init__(self, model: Any, loss: Loss, x: np.ndarray, y: np.ndarray) -> None:
         backend = model.backend
         self.n = x.shape[0]
         self.y_host = y
         if loss.task == "multiclass" and y.ndim == 1:
-            if y.dtype.kind not in "iu" and not (y.dtype.kind == "f" and np.array_equal(y, np.round(y))):
-                raise TypeError(f"{name} class labels must be integers, got dtype {y.dtype.name!r}")
-            if y.min() < 0 or y.max() >= model.out_features:
-                raise ValueError(
-                    f"{name} class labels must lie in [0, {model.out_features}) for a model with "
-                    f"{model.out_features} outputs, got {y.min()}..{y.max()}"
-                )
             self.y = backend.asindex(y)
         else:
             self.y = backend.asarray(y, dtype=model.dtype)
@@ -136,7 +133,7 @@ def _evaluate_on_device(
     for i in range(steps):
         a, b = i * batch_size, min(data.n, (i + 1) * batch_size)
         out = _forward(model, data.x[a:b])
-        step_losses[i] = loss(out, data.y[a:b])[0]
+        step_losses[i] = loss(out, data.y[a:b], check_target=False)[0]
         if outputs is not None:
             outputs[a:b] = out
     sizes = np.full(steps, batch_size, dtype=np.float64)
@@ -160,8 +157,10 @@ def evaluate(
 ) -> dict[str, float]:
     """The mean loss (plus any L1/L2 penalty) and ``metrics`` of ``model`` on ``(x, y)``.
 
-    Returns ``{"loss": ..., "<metric>": ...}`` as Python floats. The data moves to
-    the model's device once and is processed in batches of ``batch_size`` rows.
+    Returns ``{"loss": ..., "<metric>": ...}`` as Python floats. The data is checked
+    on the host once (real, finite, targets the loss is defined for; errors name
+    ``"evaluation x"``/``"evaluation y"`` and the first bad row), moves to the
+    model's device once and is processed in batches of ``batch_size`` rows.
 
     >>> import numpy as np
     >>> from fusednn import nn
@@ -171,13 +170,9 @@ def evaluate(
     """
     loss_fn = get_loss(loss, device=model.device)
     metric_list = _resolve_metrics(metrics, loss_fn)
-    return _evaluate_data(
-        model,
-        loss_fn,
-        _Data(model, loss_fn, x, y, "evaluation"),
-        metric_list,
-        _check_positive_int("batch_size", batch_size),
-    )
+    batch_size = _check_positive_int("batch_size", batch_size)
+    data = _Data(model, loss_fn, *_checked(model, loss_fn, x, y, "evaluation"))
+    return _evaluate_data(model, loss_fn, data, metric_list, batch_size)
 
 
 @dataclass
@@ -228,7 +223,7 @@ class _Loop:
                 if self.schedule is not None and self.schedule_per_step:
                     self.optimizer.lr = float(self.schedule(epoch + (i // self.accumulate) / updates))
             out = model.forward(xb)
-            value, dout = self.loss(out, yb)
+            value, dout = self.loss(out, yb, check_target=False)  # _Data checked every target once
             if penalty:
                 value = value + model.regularization_loss()
             step_losses[i] = value
@@ -341,7 +336,9 @@ def fit(
         A :class:`History` with one value per epoch of ``loss``, each metric, and their ``val_`` forms.
 
     Raises:
-        ValueError / TypeError: bad arguments, named with what was expected.
+        ValueError / TypeError: bad arguments, named with what was expected; bad data (complex,
+            masked, non-finite, targets the loss is not defined for), naming ``"training x"``,
+            ``"validation y"``, ... and the first bad row, before any training.
         NonFiniteLossError: the loss became NaN or infinite (names the epoch and step).
 
     >>> import numpy as np
@@ -371,9 +368,12 @@ def fit(
     metric_list = _resolve_metrics(metrics, loss_fn)
     opt = _build_optimizer(model, optimizer, optimizer_kwargs, lr)
 
+    # Checked before the split, so an error names the row the user knows and a mask is seen before it is dropped.
+    # A split's validation rows are checked again below: a fraction of this pass, for one path through _Data.
+    x, y = _checked(model, loss_fn, x, y, "training")
     x_train, y_train, validation = _validation(validation_data, validation_split, x, y, seed)
-    train = _Data(model, loss_fn, x_train, y_train, "training")
-    val = _Data(model, loss_fn, *validation, "validation") if validation is not None else None
+    train = _Data(model, loss_fn, x_train, y_train)
+    val = None if validation is None else _Data(model, loss_fn, *_checked(model, loss_fn, *validation, "validation"))
     loop = _Loop(
         model,
         loss_fn,
