@@ -106,6 +106,30 @@ def test_integer_and_bool_data_need_no_finite_check() -> None:
     check_finite(np.array([True, False]), "training y", np.dtype(np.float32))
 
 
+@pytest.mark.filterwarnings("ignore:overflow:RuntimeWarning", "ignore:invalid value:RuntimeWarning")
+def test_early_stopping_never_takes_a_non_finite_value_as_best(data) -> None:
+    x, y = data
+    x_val = np.full((8, 3), 3e38)  # finite, so accepted, but the float32 model's outputs overflow on it
+    model = fresh_model()
+    stopper = nn.EarlyStopping(monitor="val_loss", patience=1)
+    history = nn.fit(model, x, y, validation_data=(x_val, y[:8]), epochs=5, early_stopping=stopper, progress=False)
+    assert not np.isfinite(history.history["val_loss"]).any()
+    assert stopper.best is None and stopper.best_epoch is None and stopper.stopped_epoch == 1
+    # Nothing was "restored": the model keeps the weights of its last epoch.
+    assert model.epochs_trained == 2
+
+
+def test_early_stopping_skips_non_finite_epochs_when_choosing_the_best() -> None:
+    stopper = nn.EarlyStopping(monitor="val_loss", patience=5)
+    params = np.zeros(3)
+    for epoch, value in enumerate([float("nan"), 2.0, float("inf"), 1.0, float("-inf"), float("nan")]):
+        params[...] = epoch
+        stopper._update(epoch, {"val_loss": value}, params)
+    assert (stopper.best, stopper.best_epoch) == (1.0, 3)
+    stopper._restore(params)
+    np.testing.assert_array_equal(params, 3.0)
+
+
 # --------------------------------------------------- conversions that change the data
 
 
