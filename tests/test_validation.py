@@ -241,3 +241,40 @@ def test_soft_target_tolerance_suits_float32() -> None:
         assert np.abs(soft.sum(axis=1, dtype=np.float64) - 1).max() < probability_sum_tolerance(classes)
         nn.get_loss("categorical_crossentropy", device="numpy")(np.zeros((64, classes)), soft.astype(np.float64))
     assert probability_sum_tolerance(10) <= 1e-5  # a row that sums to 0.9999 is a mistake, not rounding
+
+
+# ------------------------------------------------------- arguments named in messages
+
+
+@pytest.mark.parametrize(
+    ("seed", "error"), [(-1, ValueError), (1.5, TypeError), ("7", TypeError), (True, TypeError), ([1], TypeError)]
+)
+def test_bad_seeds_are_named(data, seed, error) -> None:
+    message = f"seed must be a non-negative integer or None, got {seed!r}"
+    for build in (
+        lambda: nn.MLP([3, 2], device="numpy", seed=seed),
+        lambda: nn.Sequential([nn.Dense(3, 2)], device="numpy", seed=seed),
+        lambda: nn.fit(fresh_model(), *data, seed=seed, epochs=1, progress=False),
+        lambda: nn.fit(fresh_model(), *data, seed=seed, validation_split=0.2, epochs=1, progress=False),
+    ):
+        with pytest.raises(error, match=message.replace("[", r"\[").replace("]", r"\]")):
+            build()
+
+
+def test_good_seeds_still_work(data) -> None:
+    a = nn.MLP([3, 2], device="numpy", seed=np.int64(3)).get_weights()
+    b = nn.MLP([3, 2], device="numpy", seed=3).get_weights()
+    np.testing.assert_array_equal(a[0], b[0])
+    assert nn.fit(fresh_model(), *data, seed=None, epochs=1, progress=False).params["seed"] >= 0
+
+
+def test_set_weights_says_it_takes_a_list_and_points_to_load_state_dict() -> None:
+    model = fresh_model()
+    with pytest.raises(TypeError, match=r"takes a list of 4 arrays laid out as get_weights\(\) .*use load_state_dict"):
+        model.set_weights(model.state_dict())
+    with pytest.raises(TypeError, match=r"shapes \(3, 4\), \(4,\), \(4, 2\), \(2,\)\), got a ndarray$"):
+        model.set_weights(model.get_weights()[0])
+    with pytest.raises(TypeError, match="got a int"):
+        model.set_weights(3)
+    model.load_state_dict(model.state_dict())
+    model.set_weights(tuple(model.get_weights()))

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -13,6 +13,7 @@ from ..backends import Backend, resolve_dtype, to_host
 from ..backends.base import unmasked
 from .layers import Dense
 from .parameters import Parameters
+from .validation import check_seed
 
 Array = Any
 
@@ -37,8 +38,8 @@ class Sequential:
     [(4, 8), (8,), (8, 3), (3,)]
 
     Raises:
-        ValueError: no layers, or consecutive layer sizes disagree.
-        TypeError: a layer is not a :class:`Dense`.
+        ValueError: no layers, consecutive layer sizes disagree, or ``seed`` is negative.
+        TypeError: a layer is not a :class:`Dense`, or ``seed`` is not an integer or ``None``.
     """
 
     def __init__(
@@ -48,6 +49,7 @@ class Sequential:
         dtype: Any = "float32",
         seed: int | None = None,
     ) -> None:
+        seed = check_seed(seed)
         layers = list(layers)
         if not layers:
             raise ValueError("Sequential needs at least one layer")
@@ -212,13 +214,23 @@ class Sequential:
     def set_weights(self, weights: Sequence[Any]) -> None:
         """Copy ``weights`` (laid out as :meth:`get_weights`) into the model, cast to its dtype.
 
+        ``weights`` is a list (or tuple) of arrays ``[W1, b1, W2, b2, ...]``; a dict of
+        weights by name, as :meth:`state_dict` returns, goes to :meth:`load_state_dict`.
+
         Raises:
             ValueError: wrong number of arrays, an array of the wrong shape, or a masked
                 array with masked entries.
-            TypeError: an array is not floating point.
+            TypeError: ``weights`` is not a sequence of arrays, or an array is not floating point.
         """
-        weights = list(weights)
         shapes = self._params.shapes
+        if isinstance(weights, (Mapping, str, bytes, np.ndarray)) or not isinstance(weights, Iterable):
+            layout = ", ".join(str(shape) for shape in shapes)
+            hint = "; for a dict from state_dict() use load_state_dict()" if isinstance(weights, Mapping) else ""
+            raise TypeError(
+                f"set_weights takes a list of {len(shapes)} arrays laid out as get_weights() (shapes {layout}), "
+                f"got a {type(weights).__name__}{hint}"
+            )
+        weights = list(weights)
         if len(weights) != len(shapes):
             raise ValueError(f"Expected {len(shapes)} weight arrays, got {len(weights)}")
         checked = []

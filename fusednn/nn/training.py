@@ -37,7 +37,7 @@ from .data import train_val_split
 from .losses import Loss, get_loss
 from .optim import Optimizer, get_optimizer
 from .schedules import ScheduleFn
-from .validation import check_data
+from .validation import check_data, check_seed
 
 logger = logging.getLogger("fusednn.training")
 
@@ -361,6 +361,7 @@ def fit(
         raise TypeError(f"schedule must be callable (t -> lr), got {type(schedule).__name__}")
     if early_stopping is not None and not isinstance(early_stopping, EarlyStopping):
         raise TypeError(f"early_stopping must be an nn.EarlyStopping, got {type(early_stopping).__name__}")
+    seed = check_seed(seed)
     if seed is None:
         # SeedSequence() draws its entropy from the OS as one int; the stub's type covers entropy passed in too.
         seed = int(cast(int, np.random.SeedSequence().entropy) % 2**63)

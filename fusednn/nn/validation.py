@@ -38,6 +38,25 @@ _BLOCK_BYTES = 1 << 20
 """Rows are checked in blocks of about this many bytes: big enough to amortise the loop, small enough for cache."""
 
 
+def check_seed(seed: Any, name: str = "seed") -> int | None:
+    """Return ``seed`` as an ``int`` (or ``None``), the values NumPy's ``default_rng`` takes.
+
+    >>> check_seed(3), check_seed(None)
+    (3, None)
+
+    Raises:
+        TypeError: ``seed`` is not an integer (a float, a string, a bool, ...).
+        ValueError: ``seed`` is negative.
+    """
+    if seed is None:
+        return None
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise TypeError(f"{name} must be a non-negative integer or None, got {seed!r}")
+    if seed < 0:
+        raise ValueError(f"{name} must be a non-negative integer or None, got {seed!r}")
+    return int(seed)
+
+
 def _where(index: tuple[int, ...], offset: int = 0) -> str:
     """``"row 3"``, ``"row 3, column 1"`` or ``"index (3, 1, 0)"`` for an entry, its row shifted by ``offset``."""
     row = index[0] + offset
