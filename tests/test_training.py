@@ -279,7 +279,7 @@ def small():
         ({"validation_split": 1.5}, ValueError, "strictly between 0 and 1"),
         ({"validation_data": np.zeros((2, 2))}, ValueError, "must be a pair"),
         ({"metrics": ["auc"]}, ValueError, "Unknown metric 'auc'"),
-        ({"loss": "mse", "metrics": ["accuracy"]}, ValueError, "needs class labels"),
+        ({"loss": "mse", "metrics": ["accuracy"]}, ValueError, "'accuracy' compares class labels, but loss 'mse'"),
         ({"optimizer": "adamw"}, ValueError, "Unknown optimizer 'adamw'"),
         ({"optimizer": 3}, TypeError, "optimizer must be a name"),
         ({"early_stopping": "val_loss"}, TypeError, "nn.EarlyStopping"),

@@ -278,3 +278,28 @@ def test_set_weights_says_it_takes_a_list_and_points_to_load_state_dict() -> Non
         model.set_weights(3)
     model.load_state_dict(model.state_dict())
     model.set_weights(tuple(model.get_weights()))
+
+
+def test_a_value_metric_with_categorical_labels_compares_probabilities_with_one_hot_rows(data) -> None:
+    x, y = data
+    model = fresh_model()
+    nn.fit(model, x, y, metrics=["mae"], epochs=1, progress=False)  # failed after the epoch before
+    logits = model.predict(x).astype(np.float64)
+    proba = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    logs = nn.evaluate(model, x, y, metrics=["mae", "mse"])
+    assert logs["mae"] == pytest.approx(np.abs(proba - one_hot(y, 2)).mean(), rel=1e-6)
+    assert logs["mse"] == pytest.approx(((proba - one_hot(y, 2)) ** 2).mean(), rel=1e-6)
+    one_hot_logs = nn.evaluate(model, x, one_hot(y, 2), metrics=["mae", "mse"])
+    assert one_hot_logs["mae"] == pytest.approx(logs["mae"]) and one_hot_logs["mse"] == pytest.approx(logs["mse"])
+
+
+def test_a_label_metric_that_does_not_fit_the_loss_fails_before_training(data) -> None:
+    x, y = data
+    model = fresh_model(outputs=3)
+    multi_label = (np.random.default_rng(2).random((40, 3)) > 0.5).astype(np.float64)
+    with pytest.raises(ValueError, match="'accuracy' .* 'binary_crossentropy' over 3 outputs .* 'mae', 'mse'"):
+        nn.fit(model, x, multi_label, loss="binary_crossentropy", metrics=["accuracy"], epochs=1, progress=False)
+    assert model.epochs_trained == 0
+    np.testing.assert_array_equal(model.get_weights()[0], nn.MLP([3, 4, 3], device="numpy", seed=0).get_weights()[0])
+    with pytest.raises(ValueError, match="'f1' compares class labels, but loss 'mae' is a regression loss"):
+        nn.evaluate(model, x, multi_label, loss="mae", metrics=["f1"])

@@ -24,7 +24,7 @@ import math
 import os
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, cast
 
 import numpy as np
@@ -50,13 +50,32 @@ def _check_positive_int(name: str, value: Any) -> int:
     return int(value)
 
 
-def _resolve_metrics(names: Sequence[str] | None, loss: Loss) -> list[metrics_module.Metric]:
+def _resolve_metrics(names: Sequence[str] | None, loss: Loss, n_outputs: int) -> list[metrics_module.Metric]:
+    """The metrics by name, checked against the loss before any training, as they are computed for it.
+
+    Label metrics (accuracy, precision, ...) need one class label per sample: not a
+    regression loss, nor binary cross-entropy over several outputs (multi-label).
+    Value metrics (mae, mse) compare the targets with the loss's probabilities; with
+    categorical cross-entropy, integer labels count as one-hot rows.
+    """
     if isinstance(names, str):
         names = [names]
     resolved = [metrics_module.get_metric(name) for name in names or ()]
-    for metric in resolved:
+    value_metrics = ", ".join(repr(name) for name in metrics_module.VALUE_METRIC_NAMES)
+    for index, metric in enumerate(resolved):
         if metric.on_labels and loss.task == "regression":
-            raise ValueError(f"Metric {metric.name!r} needs class labels but loss {loss.name!r} is a regression loss")
+            raise ValueError(
+                f"Metric {metric.name!r} compares class labels, but loss {loss.name!r} is a regression loss; "
+                f"metrics that fit it: {value_metrics}"
+            )
+        if metric.on_labels and loss.task == "binary" and n_outputs > 1:
+            raise ValueError(
+                f"Metric {metric.name!r} compares one class label per sample, but loss {loss.name!r} over "
+                f"{n_outputs} outputs predicts {n_outputs} independent labels (multi-label); metrics that fit "
+                f"it: {value_metrics}, or use one output column"
+            )
+        if not metric.on_labels and loss.task == "multiclass":
+            resolved[index] = replace(metric, fn=metrics_module.with_one_hot_labels(metric.fn))
     return resolved
 
 
@@ -169,7 +188,7 @@ def evaluate(
     ['accuracy', 'loss']
     """
     loss_fn = get_loss(loss, device=model.device)
-    metric_list = _resolve_metrics(metrics, loss_fn)
+    metric_list = _resolve_metrics(metrics, loss_fn, model.out_features)
     batch_size = _check_positive_int("batch_size", batch_size)
     data = _Data(model, loss_fn, *_checked(model, loss_fn, x, y, "evaluation"))
     return _evaluate_data(model, loss_fn, data, metric_list, batch_size)
@@ -318,7 +337,9 @@ def fit(
         batch_size: rows per mini-batch (per micro-batch with ``accumulate``).
         validation_data / validation_split: a held-out ``(x_val, y_val)``, or the fraction of
             ``(x, y)`` to hold out by a split seeded with ``seed``.
-        metrics: names from :data:`fusednn.nn.metrics.METRIC_NAMES`, logged for training and validation.
+        metrics: names from :data:`fusednn.nn.metrics.METRIC_NAMES`, logged for training and validation;
+            checked against the loss before training (``"mae"``/``"mse"`` compare probabilities
+            with the targets, integer labels counting as one-hot rows).
         shuffle, seed: epoch ``e`` visits the rows in the order ``default_rng([seed, e]).permutation``.
         progress: a tqdm bar per epoch when stderr is a terminal; the same numbers go to the
             ``fusednn.training`` logger at INFO level either way.
@@ -366,7 +387,7 @@ def fit(
         # SeedSequence() draws its entropy from the OS as one int; the stub's type covers entropy passed in too.
         seed = int(cast(int, np.random.SeedSequence().entropy) % 2**63)
     loss_fn = get_loss(loss, device=model.device)
-    metric_list = _resolve_metrics(metrics, loss_fn)
+    metric_list = _resolve_metrics(metrics, loss_fn, model.out_features)
     opt = _build_optimizer(model, optimizer, optimizer_kwargs, lr)
 
     # Checked before the split, so an error names the row the user knows and a mask is seen before it is dropped.
