@@ -13,7 +13,7 @@ from conftest import TOLERANCES
 from fusednn import nn
 from fusednn.nn import schedules
 from fusednn.nn.callbacks import EarlyStopping
-from fusednn.nn.data import load_dataset, train_val_split, xor
+from fusednn.nn.data import load_dataset, one_hot, train_val_split, xor
 
 
 @pytest.fixture(scope="module")
@@ -116,15 +116,18 @@ def test_gradient_accumulation_equals_a_larger_batch(rows: int, optimizer: str) 
         np.testing.assert_allclose(accumulated, big, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning")  # the NaN/inf is the point
+@pytest.mark.filterwarnings("ignore:invalid value:RuntimeWarning", "ignore:overflow:RuntimeWarning")  # the point
 def test_non_finite_loss_names_epoch_and_step() -> None:
     data = xor(rows=100, seed=4)
+    targets = one_hot(data.y, 2)
     x = data.x.copy()
-    x[70] = np.nan  # row 70 falls in the third batch of 32 when not shuffled
+    # Finite data (NaN/inf is refused up front) whose squared error overflows float32:
+    # row 70 falls in the third batch of 32 when not shuffled.
+    x[70] = 1e20
     model = nn.MLP([2, 4, 2], device="numpy", seed=0)
-    nn.fit(model, data.x, data.y, epochs=1, batch_size=32, progress=False)
+    nn.fit(model, data.x, targets, loss="mse", epochs=1, batch_size=32, progress=False)
     with pytest.raises(nn.NonFiniteLossError, match="epoch 2, step 3") as caught:
-        nn.fit(model, x, data.y, epochs=1, batch_size=32, shuffle=False, progress=False)
+        nn.fit(model, x, targets, loss="mse", epochs=1, batch_size=32, shuffle=False, progress=False)
     assert (caught.value.epoch, caught.value.step) == (2, 3)
     assert isinstance(caught.value, RuntimeError)
     assert model.epochs_trained == 1  # the failed epoch is not counted
@@ -276,7 +279,7 @@ def small():
         ({"validation_split": 1.5}, ValueError, "strictly between 0 and 1"),
         ({"validation_data": np.zeros((2, 2))}, ValueError, "must be a pair"),
         ({"metrics": ["auc"]}, ValueError, "Unknown metric 'auc'"),
-        ({"loss": "mse", "metrics": ["accuracy"]}, ValueError, "needs class labels"),
+        ({"loss": "mse", "metrics": ["accuracy"]}, ValueError, "'accuracy' compares class labels, but loss 'mse'"),
         ({"optimizer": "adamw"}, ValueError, "Unknown optimizer 'adamw'"),
         ({"optimizer": 3}, TypeError, "optimizer must be a name"),
         ({"early_stopping": "val_loss"}, TypeError, "nn.EarlyStopping"),

@@ -60,6 +60,69 @@ def check_activation(name: str) -> int:
         raise ValueError(f"Unknown activation {name!r}; expected one of {', '.join(ACTIVATIONS)}") from None
 
 
+# What a float conversion would silently do to each non-real dtype kind, and what to do instead.
+_NOT_REAL = {
+    "c": "complex values, whose imaginary part a conversion would drop; pass its .real or abs() explicitly",
+    "O": "Python objects; convert them to numbers first, e.g. with .astype(np.float32)",
+    "U": "strings; parse them into numbers first, e.g. with .astype(np.float32)",
+    "S": "bytes; parse them into numbers first, e.g. with .astype(np.float32)",
+    "V": "structured records; pass one numeric field or a plain numeric array",
+    "M": "datetimes; convert them to numbers first",
+    "m": "timedeltas; convert them to numbers first",
+}
+
+
+def unmasked(x: Any, name: str = "array") -> Any:
+    """``x`` itself, or the data of a masked array that masks nothing.
+
+    A float conversion (``np.asarray``) keeps a masked array's hidden values and
+    drops its mask, so a masked entry would be computed on as if it were data.
+
+    Raises:
+        ValueError: ``x`` is a masked array with masked entries; the message names ``name``.
+    """
+    if not isinstance(x, np.ma.MaskedArray):
+        return x
+    masked = int(np.ma.count_masked(x))
+    if masked:
+        raise ValueError(
+            f"{name} is a masked array with {masked} masked entries; fusednn has no notion of missing "
+            "values and would compute on the hidden ones: fill them (x.filled(value)) or drop their rows first"
+        )
+    return np.ma.getdata(x)
+
+
+def check_real_dtype(dtype: np.dtype, name: str = "array") -> None:
+    """Accept bool, integer and floating-point dtypes, the ones a float conversion keeps exactly in meaning.
+
+    Raises:
+        TypeError: complex, object, string, bytes, structured or datetime dtypes, naming ``name``
+            and what to do instead.
+    """
+    if dtype.kind not in "biuf":
+        problem = _NOT_REAL.get(dtype.kind, "values that are not real numbers")
+        raise TypeError(f"{name} has dtype {dtype.name!r}: {problem}")
+
+
+def as_real_host_array(x: Any, name: str = "array") -> np.ndarray:
+    """``x`` as a NumPy array of real numbers, refusing what a float conversion would silently change.
+
+    >>> as_real_host_array([[1, 2], [3, 4]], "x").dtype.kind
+    'i'
+
+    Raises:
+        ValueError: ``x`` is a masked array with masked entries, or ragged nested lists.
+        TypeError: ``x`` holds complex numbers, objects, strings, ... (see :func:`check_real_dtype`).
+    """
+    x = unmasked(x, name)
+    try:
+        array = np.asarray(x)
+    except ValueError as error:  # ragged nested sequences; NumPy's message does not say which argument
+        raise ValueError(f"{name} is not a rectangular array: {error}") from None
+    check_real_dtype(array.dtype, name)
+    return array
+
+
 def describe_location(x: Any) -> str:
     """Say where an array lives, for error messages (``"cuda:0"``, ``"host memory (numpy)"``)."""
     if hasattr(x, "__cuda_array_interface__"):
@@ -101,18 +164,26 @@ class Backend:
 
     # ------------------------------------------------------------------ arrays
 
-    def asarray(self, x: Any, dtype: Any = None) -> Array:
+    def asarray(self, x: Any, dtype: Any = None, name: str = "array") -> Array:
         """Return ``x`` as a float array on this device.
 
         ``dtype=None`` keeps a float32/float64 input's dtype and turns any other
-        numeric input into float32. A copy is made only when needed.
+        numeric input into float32. A copy is made only when needed. Every way
+        data enters a model (fit, evaluate, forward, loss targets, weights) passes
+        here, so inputs that a conversion would silently change are refused here
+        once: complex values, masked entries, objects and strings. ``name`` is
+        what the error messages call ``x``.
 
         Raises:
-            TypeError: ``dtype`` is not float32/float64, or ``x`` has such a dtype
-                (e.g. float16) and no ``dtype`` was given.
-            ValueError: ``x`` lives on another device.
+            TypeError: ``dtype`` is not float32/float64, ``x`` has such a dtype
+                (e.g. float16) and no ``dtype`` was given, or ``x`` does not hold real
+                numbers (see :func:`check_real_dtype`).
+            ValueError: ``x`` lives on another device, or is a masked array with masked entries.
         """
-        x = self._import_array(x)
+        # The helpers run only when their cheap guard fails: this is on every training step's path.
+        x = self._import_array(unmasked(x, name) if isinstance(x, np.ma.MaskedArray) else x)
+        if x.dtype.kind not in "biuf":
+            check_real_dtype(x.dtype, name)
         if dtype is None:
             if x.dtype in FLOAT_DTYPES:
                 return x
@@ -124,19 +195,19 @@ class Backend:
         # asarray with order="C", not ascontiguousarray, which turns a 0-d array into 1-d.
         return self.xp.asarray(x, dtype=resolve_dtype(dtype), order="C")
 
-    def asindex(self, x: Any) -> Array:
-        """Return integer labels or row indices as an int64 array on this device.
+    def asindex(self, x: Any, name: str = "array") -> Array:
+        """Return integer labels or row indices as an int64 array on this device; ``name`` as in :meth:`asarray`.
 
         Raises:
             TypeError: ``x`` holds non-integer values (floats that are not whole numbers).
-            ValueError: ``x`` lives on another device.
+            ValueError: ``x`` lives on another device, or is a masked array with masked entries.
         """
-        x = self._import_array(x)
+        x = self._import_array(unmasked(x, name) if isinstance(x, np.ma.MaskedArray) else x)
         if x.dtype.kind in "iu":
             return x.astype(np.int64, copy=False)
         if x.dtype.kind == "f" and bool(self.xp.all(x == self.xp.round(x))):
             return x.astype(np.int64)
-        raise TypeError(f"Expected integer labels or indices, got an array of dtype {x.dtype.name!r}")
+        raise TypeError(f"Expected integer labels or indices, got an array of dtype {x.dtype.name!r} ({name})")
 
     def _import_array(self, x: Any) -> Array:
         """Turn host data into an array of this backend; refuse other devices' arrays."""

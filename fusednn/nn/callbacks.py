@@ -10,6 +10,7 @@ for parameters or optimizer state that are no longer finite (which
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -122,6 +123,11 @@ class EarlyStopping:
     After :func:`fit`, :attr:`best`, :attr:`best_epoch` and :attr:`stopped_epoch`
     (``None`` if training ran to the end) describe what happened.
 
+    A NaN or infinite value never counts as an improvement (as in Keras, where
+    ``nan < best`` is false): such an epoch only uses up patience, and is never
+    the best one whose weights are restored. If every epoch's value was
+    non-finite, :attr:`best` stays ``None`` and nothing is restored.
+
     >>> stopper = EarlyStopping(monitor="val_accuracy", patience=3)
     >>> stopper.mode
     'max'
@@ -155,6 +161,8 @@ class EarlyStopping:
         self._best_weights: Array | None = None
 
     def _improved(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
         if self.best is None:
             return True
         if self.mode == "min":
@@ -166,6 +174,8 @@ class EarlyStopping:
         if self.monitor not in logs:
             raise ValueError(f"EarlyStopping monitors {self.monitor!r}, which is not logged; logged: {sorted(logs)}")
         value = logs[self.monitor]
+        if not math.isfinite(value):
+            logger.warning("%s is %s after epoch %d: not an improvement", self.monitor, value, epoch + 1)
         if self._improved(value):
             self.best, self.best_epoch, self._wait = value, epoch, 0
             if self.restore_best_weights:

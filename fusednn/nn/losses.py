@@ -3,6 +3,10 @@
 Every loss averages as PyTorch's ``reduction="mean"`` does and returns the loss as a
 0-d device array (``float(loss)`` reads it; nothing synchronises before that).
 Targets may be NumPy arrays or arrays of the output's device; they are moved there.
+Host targets are checked first (:meth:`Loss.check_target`): real numbers, and the
+values the loss is defined for (class labels in range, probabilities in ``[0, 1]``,
+probability rows that sum to 1). Device targets are not read back for that, so a
+step never waits for the GPU; :func:`~fusednn.nn.fit` checks its data once per call.
 
 Which backend computes: the one named by ``device=`` when the loss was built with one;
 otherwise the GPU that holds a CUDA output, or the default device (``"cpu"`` or
@@ -20,6 +24,8 @@ import numpy as np
 import fusednn
 
 from ..backends import Backend, backend_of, is_host_array
+from ..backends.base import as_real_host_array
+from .validation import check_class_labels, check_probabilities, check_probability_rows
 
 Array = Any
 
@@ -48,31 +54,50 @@ class Loss:
             return fusednn.backend(self.device)
         return backend_of(out)
 
-    def __call__(self, out: Array, target: Any) -> tuple[Array, Array]:
+    def __call__(self, out: Array, target: Any, *, check_target: bool = True) -> tuple[Array, Array]:
         """Return ``(loss, dL/dout)``: a 0-d array and an array of ``out``'s shape, on ``out``'s device.
 
+        A host ``target`` (a NumPy array or a list) is checked with :meth:`check_target` unless
+        ``check_target`` is false, which promises that its values were checked already (``fit``
+        and ``evaluate`` check the whole target array once per call, then pass ``False`` per batch).
+
         Raises:
-            ValueError: ``out`` is not 2-D or the target's shape does not fit it.
+            ValueError: ``out`` is not 2-D, the target's shape does not fit it, or a host
+                target holds values the loss is not defined for.
+            TypeError: the target does not hold real numbers (complex, objects, strings...).
         """
         backend = self.backend_for(out)
         out = backend.check(out, "out")
         if out.ndim != 2:
             raise ValueError(f"{type(self).__name__} expects outputs of shape (N, C), got {tuple(out.shape)}")
-        if not hasattr(target, "shape") and not hasattr(target, "__cuda_array_interface__"):
-            target = np.asarray(target)
+        host = is_host_array(target) or not hasattr(target, "shape")  # NumPy arrays, lists, scalars
+        if host:
+            target = as_real_host_array(target, "target")
         if target.ndim == 0 or target.shape[0] != out.shape[0]:
             raise ValueError(
                 f"Target has shape {tuple(target.shape)} but the output has {out.shape[0]} rows; "
                 "out and target need the same batch size"
             )
+        if host and check_target:
+            self.check_target(target, out.shape[1])
         return self._compute(backend, out, target)
+
+    def check_target(self, target: np.ndarray, n_outputs: int, name: str = "target") -> None:
+        """Check the values of a host target for outputs of ``n_outputs`` columns (shapes are checked later).
+
+        The base class accepts any real values (regression); classification losses
+        override it. ``name`` is what the error messages call the target.
+
+        Raises:
+            ValueError, TypeError: a value the loss is not defined for, naming its row.
+        """
 
     def _compute(self, backend: Backend, out: Array, target: Any) -> tuple[Array, Array]:
         raise NotImplementedError
 
     def _same_shape_target(self, backend: Backend, out: Array, target: Any) -> Array:
         """Target as a float array of ``out``'s shape; ``(N,)`` is accepted for one output column."""
-        target = backend.asarray(target, dtype=out.dtype)
+        target = backend.asarray(target, dtype=out.dtype, name="target")
         if target.ndim == 1 and out.shape[1] == 1:
             target = target.reshape(out.shape)
         if tuple(target.shape) != tuple(out.shape):
@@ -126,10 +151,15 @@ class BinaryCrossentropy(Loss):
         loss = mean(max(x, 0) - x * t + log(1 + exp(-|x|)))
 
     Target: probabilities ``t`` in ``[0, 1]`` of the logits' shape, or ``(N,)`` for one output.
+    Host targets outside ``[0, 1]`` are refused: the loss is unbounded below there.
     """
 
     name = "binary_crossentropy"
     task = "binary"
+
+    def check_target(self, target: np.ndarray, n_outputs: int, name: str = "target") -> None:
+        """Refuse targets outside ``[0, 1]`` (see :meth:`Loss.check_target`)."""
+        check_probabilities(target, name, self.name)
 
     def _compute(self, backend: Backend, out: Array, target: Any) -> tuple[Array, Array]:
         return backend.binary_cross_entropy_with_logits(out, self._same_shape_target(backend, out, target))
@@ -152,8 +182,10 @@ class CategoricalCrossentropy(Loss):
     * integer labels ``t (N,)``: ``loss = -mean_i log p[i, t_i]``
     * probabilities / one-hot ``t (N, C)``: ``loss = -mean_i sum_c t_ic log p_ic``
 
-    NumPy labels are checked on the host (integers in ``[0, C)``); labels already on
-    the device are not range-checked, to avoid a device-to-host synchronisation.
+    Host targets are checked (:meth:`check_target`): labels must be integers in ``[0, C)``,
+    probability rows must lie in ``[0, 1]`` and sum to 1 within
+    :func:`~fusednn.nn.validation.probability_sum_tolerance` (float32 rounding). Labels
+    already on a GPU are not range-checked, to avoid a device-to-host synchronisation.
 
     >>> import numpy as np
     >>> from fusednn import nn
@@ -165,26 +197,23 @@ class CategoricalCrossentropy(Loss):
     name = "categorical_crossentropy"
     task = "multiclass"
 
-    def _compute(self, backend: Backend, out: Array, target: Any) -> tuple[Array, Array]:
-        n_classes = out.shape[1]
+    def check_target(self, target: np.ndarray, n_outputs: int, name: str = "target") -> None:
+        """Labels ``(N,)`` must be integers in ``[0, n_outputs)``; rows ``(N, n_outputs)`` distributions."""
         if target.ndim == 1:
-            if is_host_array(target):
-                if target.dtype.kind not in "iuf" or (
-                    target.dtype.kind == "f" and not np.array_equal(target, np.round(target))
-                ):
-                    raise TypeError(f"Class labels must be integers, got an array of dtype {target.dtype.name!r}")
-                if target.size and (target.min() < 0 or target.max() >= n_classes):
-                    raise ValueError(
-                        f"Class labels must lie in [0, {n_classes}) for {n_classes} output columns, "
-                        f"got labels from {target.min()} to {target.max()}"
-                    )
-                if target.size:
-                    # Everything the backend would check holds: __call__ checked that out is a 2-D float
-                    # array of the backend with one row per label, and the labels are integers in
-                    # [0, C) (so N, C >= 1). Skipping its checks spares a second pass over the labels.
-                    return backend._softmax_cross_entropy_unchecked(out, backend.asindex(target))
-            return backend.softmax_cross_entropy(out, backend.asindex(target))
-        target = backend.asarray(target, dtype=out.dtype)
+            check_class_labels(target, n_outputs, name)
+        elif target.shape[1:] == (n_outputs,):  # other shapes: _compute says which shapes it takes
+            check_probability_rows(target, name, self.name)
+
+    def _compute(self, backend: Backend, out: Array, target: Any) -> tuple[Array, Array]:
+        if target.ndim == 1:
+            if is_host_array(target) and target.size:
+                # Everything the backend would check holds: __call__ checked that out is a 2-D float
+                # array of the backend with one row per label, and host labels are integers in [0, C)
+                # (checked there, or once per call by fit/evaluate), so N, C >= 1. Skipping the
+                # backend's checks spares a second pass over the labels.
+                return backend._softmax_cross_entropy_unchecked(out, backend.asindex(target))
+            return backend.softmax_cross_entropy(out, backend.asindex(target, name="target"))
+        target = backend.asarray(target, dtype=out.dtype, name="target")
         if tuple(target.shape) != tuple(out.shape):
             raise ValueError(
                 f"Target has shape {tuple(target.shape)}; expected labels ({out.shape[0]},) "

@@ -9,6 +9,10 @@ output scores into labels with :func:`scores_to_labels`.
 ``fit`` and ``evaluate`` accept metrics by name (:data:`METRIC_NAMES`):
 ``"precision"``, ``"recall"`` and ``"f1"`` there mean the macro average, and
 ``"f1_micro"``, ``"f1_weighted"``... name the other averages explicitly.
+``"mae"`` and ``"mse"`` compare the targets with what the loss models
+(probabilities for the cross-entropies); integer class labels are compared as
+one-hot rows (:func:`fusednn.nn.data.one_hot`), so ``"mse"`` with categorical
+cross-entropy is the Brier score divided by the number of classes.
 
 >>> import numpy as np
 >>> from fusednn.nn import metrics
@@ -25,6 +29,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from .data.preprocessing import one_hot
+
+MetricFn = Callable[[np.ndarray, np.ndarray], float]
+"""What a metric is: ``(y_true, y_pred) -> float``."""
 
 AVERAGES: tuple[str, ...] = ("binary", "macro", "micro", "weighted")
 """Valid ``average=`` values of :func:`precision`, :func:`recall` and :func:`f1`."""
@@ -248,6 +257,25 @@ def f1(
     return _score("f1", y_true, y_pred, average, pos_label, labels, zero_division)
 
 
+def with_one_hot_labels(fn: MetricFn) -> MetricFn:
+    """``fn(y_true, y_pred)`` with class labels ``y_true (N,)`` turned into one-hot rows as wide as ``y_pred``.
+
+    Other targets (one-hot or probability rows) reach ``fn`` unchanged. This is how ``fit``
+    compares a categorical model's probabilities with its labels for ``"mae"``/``"mse"``.
+
+    >>> with_one_hot_labels(mse)(np.array([1]), np.array([[0.5, 0.5]]))
+    0.25
+    """
+
+    def metric(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+        y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
+        if y_true.ndim == 1 and y_pred.ndim == 2 and y_pred.shape[1] > 1:
+            y_true = one_hot(y_true, y_pred.shape[1], dtype=np.float64)
+        return fn(y_true, y_pred)
+
+    return metric
+
+
 def mae(y_true: Any, y_pred: Any) -> float:
     """Mean absolute error ``mean |y_true - y_pred|`` over all elements (``mean_absolute_error``)."""
     y_true, y_pred = _values_pair(y_true, y_pred)
@@ -312,9 +340,6 @@ def classification_report(
     return "\n".join(lines)
 
 
-MetricFn = Callable[[np.ndarray, np.ndarray], float]
-
-
 @dataclass(frozen=True)
 class Metric:
     """A metric usable by name in ``fit``: the function and whether it compares class labels."""
@@ -346,6 +371,8 @@ def _registry() -> dict[str, Metric]:
 _METRICS = _registry()
 METRIC_NAMES: tuple[str, ...] = tuple(_METRICS)
 """Names accepted by :func:`get_metric` (and by ``fit(metrics=[...])``)."""
+VALUE_METRIC_NAMES: tuple[str, ...] = tuple(name for name, metric in _METRICS.items() if not metric.on_labels)
+"""The metrics that compare values rather than class labels, so they fit every loss."""
 
 
 def get_metric(name: str) -> Metric:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -10,8 +10,10 @@ import numpy as np
 import fusednn
 
 from ..backends import Backend, resolve_dtype, to_host
+from ..backends.base import unmasked
 from .layers import Dense
 from .parameters import Parameters
+from .validation import check_seed
 
 Array = Any
 
@@ -36,8 +38,8 @@ class Sequential:
     [(4, 8), (8,), (8, 3), (3,)]
 
     Raises:
-        ValueError: no layers, or consecutive layer sizes disagree.
-        TypeError: a layer is not a :class:`Dense`.
+        ValueError: no layers, consecutive layer sizes disagree, or ``seed`` is negative.
+        TypeError: a layer is not a :class:`Dense`, or ``seed`` is not an integer or ``None``.
     """
 
     def __init__(
@@ -47,6 +49,7 @@ class Sequential:
         dtype: Any = "float32",
         seed: int | None = None,
     ) -> None:
+        seed = check_seed(seed)
         layers = list(layers)
         if not layers:
             raise ValueError("Sequential needs at least one layer")
@@ -118,7 +121,7 @@ class Sequential:
     # ------------------------------------------------------------------ compute
 
     def _input(self, x: Any) -> Array:
-        x = self.backend.asarray(x, dtype=self.dtype)
+        x = self.backend.asarray(x, dtype=self.dtype, name="x")
         if x.ndim != 2:
             raise ValueError(f"Expected input of shape (N, {self.in_features}), got an array of shape {tuple(x.shape)}")
         if x.shape[1] != self.in_features:
@@ -134,7 +137,9 @@ class Sequential:
         model's dtype. Returns the output ``(N, out_features)`` on the model's device.
 
         Raises:
-            ValueError: ``x`` is not 2-D or has the wrong number of features.
+            ValueError: ``x`` is not 2-D, has the wrong number of features, or is a masked
+                array with masked entries.
+            TypeError: ``x`` does not hold real numbers (complex, objects, strings...).
         """
         h = self._input(x)
         for layer in self.layers:
@@ -156,7 +161,7 @@ class Sequential:
         """
         if any(layer._cache is None for layer in self.layers):
             raise RuntimeError("backward() called before forward(): run model.forward(x) first")
-        grad = self.backend.asarray(dout, dtype=self.dtype)
+        grad = self.backend.asarray(dout, dtype=self.dtype, name="dout")
         last_cache = self.layers[-1]._cache
         assert last_cache is not None  # every layer's cache was checked just above
         expected = last_cache[2].shape
@@ -170,7 +175,7 @@ class Sequential:
     def predict(self, x: Any, batch_size: int | None = None) -> np.ndarray:
         """The model's output for ``x`` as a NumPy array, in batches of ``batch_size`` rows (all at once if ``None``).
 
-        Keeps nothing for backward.
+        Keeps nothing for backward. ``x`` is checked as in :meth:`forward`.
         """
         x = self._input(x)
         n = x.shape[0]
@@ -209,17 +214,28 @@ class Sequential:
     def set_weights(self, weights: Sequence[Any]) -> None:
         """Copy ``weights`` (laid out as :meth:`get_weights`) into the model, cast to its dtype.
 
+        ``weights`` is a list (or tuple) of arrays ``[W1, b1, W2, b2, ...]``; a dict of
+        weights by name, as :meth:`state_dict` returns, goes to :meth:`load_state_dict`.
+
         Raises:
-            ValueError: wrong number of arrays, or an array of the wrong shape.
-            TypeError: an array is not floating point.
+            ValueError: wrong number of arrays, an array of the wrong shape, or a masked
+                array with masked entries.
+            TypeError: ``weights`` is not a sequence of arrays, or an array is not floating point.
         """
-        weights = list(weights)
         shapes = self._params.shapes
+        if isinstance(weights, (Mapping, str, bytes, np.ndarray)) or not isinstance(weights, Iterable):
+            layout = ", ".join(str(shape) for shape in shapes)
+            hint = "; for a dict from state_dict() use load_state_dict()" if isinstance(weights, Mapping) else ""
+            raise TypeError(
+                f"set_weights takes a list of {len(shapes)} arrays laid out as get_weights() (shapes {layout}), "
+                f"got a {type(weights).__name__}{hint}"
+            )
+        weights = list(weights)
         if len(weights) != len(shapes):
             raise ValueError(f"Expected {len(shapes)} weight arrays, got {len(weights)}")
         checked = []
         for index, (w, shape) in enumerate(zip(weights, shapes, strict=True)):
-            w = to_host(w)
+            w = to_host(unmasked(w, f"Weight {index}"))
             if w.dtype.kind != "f":
                 raise TypeError(f"Weight {index} has dtype {w.dtype.name!r}; expected a floating-point array")
             if tuple(w.shape) != shape:

@@ -28,7 +28,7 @@ import math
 import os
 import sys
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, cast
 
 import numpy as np
@@ -41,6 +41,7 @@ from .data import train_val_split
 from .losses import Loss, get_loss
 from .optim import Optimizer, get_optimizer
 from .schedules import ScheduleFn, learning_rates
+from .validation import check_data, check_seed
 
 logger = logging.getLogger("fusednn.training")
 
@@ -53,38 +54,53 @@ def _check_positive_int(name: str, value: Any) -> int:
     return int(value)
 
 
-def _resolve_metrics(names: Sequence[str] | None, loss: Loss) -> list[metrics_module.Metric]:
+def _resolve_metrics(names: Sequence[str] | None, loss: Loss, n_outputs: int) -> list[metrics_module.Metric]:
+    """The metrics by name, checked against the loss before any training, as they are computed for it.
+
+    Label metrics (accuracy, precision, ...) need one class label per sample: not a
+    regression loss, nor binary cross-entropy over several outputs (multi-label).
+    Value metrics (mae, mse) compare the targets with the loss's probabilities; with
+    categorical cross-entropy, integer labels count as one-hot rows.
+    """
     if isinstance(names, str):
         names = [names]
     resolved = [metrics_module.get_metric(name) for name in names or ()]
-    for metric in resolved:
+    value_metrics = ", ".join(repr(name) for name in metrics_module.VALUE_METRIC_NAMES)
+    for index, metric in enumerate(resolved):
         if metric.on_labels and loss.task == "regression":
-            raise ValueError(f"Metric {metric.name!r} needs class labels but loss {loss.name!r} is a regression loss")
+            raise ValueError(
+                f"Metric {metric.name!r} compares class labels, but loss {loss.name!r} is a regression loss; "
+                f"metrics that fit it: {value_metrics}"
+            )
+        if metric.on_labels and loss.task == "binary" and n_outputs > 1:
+            raise ValueError(
+                f"Metric {metric.name!r} compares one class label per sample, but loss {loss.name!r} over "
+                f"{n_outputs} outputs predicts {n_outputs} independent labels (multi-label); metrics that fit "
+                f"it: {value_metrics}, or use one output column"
+            )
+        if not metric.on_labels and loss.task == "multiclass":
+            resolved[index] = replace(metric, fn=metrics_module.with_one_hot_labels(metric.fn))
     return resolved
 
 
-class _Data:
-    """One data set moved to the model's device once, with the host copies metrics need."""
+def _checked(model: Any, loss: Loss, x: Any, y: Any, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(x, y)`` checked on the host for ``model`` and ``loss`` (see :func:`~fusednn.nn.validation.check_data`)."""
+    return check_data(
+        x, y, name, in_features=model.in_features, out_features=model.out_features, dtype=model.dtype, loss=loss
+    )
 
-    def __init__(self, model: Any, loss: Loss, x: Any, y: Any, name: str) -> None:
-        x, y = np.asarray(x), np.asarray(y)
-        if x.ndim != 2 or x.shape[1] != model.in_features:
-            raise ValueError(f"{name} x has shape {x.shape}; the model expects (N, {model.in_features})")
-        if y.ndim == 0 or y.shape[0] != x.shape[0]:
-            raise ValueError(f"{name} x has {x.shape[0]} rows but y has shape {y.shape}")
-        if x.shape[0] == 0:
-            raise ValueError(f"{name} data is empty")
+
+class _Data:
+    """One data set, checked by :func:`_checked`, moved to the model's device once, with the host copies metrics need.
+
+    Its targets need no further checks: the loops pass ``check_target=False`` to the loss.
+    """
+
+    def __init__(self, model: Any, loss: Loss, x: np.ndarray, y: np.ndarray) -> None:
         backend = model.backend
         self.n = x.shape[0]
         self.y_host = y
         if loss.task == "multiclass" and y.ndim == 1:
-            if y.dtype.kind not in "iu" and not (y.dtype.kind == "f" and np.array_equal(y, np.round(y))):
-                raise TypeError(f"{name} class labels must be integers, got dtype {y.dtype.name!r}")
-            if y.min() < 0 or y.max() >= model.out_features:
-                raise ValueError(
-                    f"{name} class labels must lie in [0, {model.out_features}) for a model with "
-                    f"{model.out_features} outputs, got {y.min()}..{y.max()}"
-                )
             self.y = backend.asindex(y)
         else:
             self.y = backend.asarray(y, dtype=model.dtype)
@@ -140,7 +156,7 @@ def _evaluate_on_device(
     for i in range(steps):
         a, b = i * batch_size, min(data.n, (i + 1) * batch_size)
         out = _forward(model, data.x[a:b])
-        step_losses[i] = loss(out, data.y[a:b])[0]
+        step_losses[i] = loss(out, data.y[a:b], check_target=False)[0]
         if outputs is not None:
             outputs[a:b] = out
     sizes = np.full(steps, batch_size, dtype=np.float64)
@@ -164,8 +180,10 @@ def evaluate(
 ) -> dict[str, float]:
     """The mean loss (plus any L1/L2 penalty) and ``metrics`` of ``model`` on ``(x, y)``.
 
-    Returns ``{"loss": ..., "<metric>": ...}`` as Python floats. The data moves to
-    the model's device once and is processed in batches of ``batch_size`` rows.
+    Returns ``{"loss": ..., "<metric>": ...}`` as Python floats. The data is checked
+    on the host once (real, finite, targets the loss is defined for; errors name
+    ``"evaluation x"``/``"evaluation y"`` and the first bad row), moves to the
+    model's device once and is processed in batches of ``batch_size`` rows.
 
     >>> import numpy as np
     >>> from fusednn import nn
@@ -174,14 +192,10 @@ def evaluate(
     ['accuracy', 'loss']
     """
     loss_fn = get_loss(loss, device=model.device)
-    metric_list = _resolve_metrics(metrics, loss_fn)
-    return _evaluate_data(
-        model,
-        loss_fn,
-        _Data(model, loss_fn, x, y, "evaluation"),
-        metric_list,
-        _check_positive_int("batch_size", batch_size),
-    )
+    metric_list = _resolve_metrics(metrics, loss_fn, model.out_features)
+    batch_size = _check_positive_int("batch_size", batch_size)
+    data = _Data(model, loss_fn, *_checked(model, loss_fn, x, y, "evaluation"))
+    return _evaluate_data(model, loss_fn, data, metric_list, batch_size)
 
 
 def _no_checkpoint() -> str:
@@ -242,7 +256,7 @@ class _Loop:
                 if rates is not None and self.schedule_per_step:
                     self.optimizer.lr = rates[i // self.accumulate]
             out = model.forward(xb)
-            value, dout = self.loss(out, yb)
+            value, dout = self.loss(out, yb, check_target=False)  # _Data checked every target once
             if penalty:
                 value = value + model.regularization_loss()
             step_losses[i] = value
@@ -364,7 +378,9 @@ def fit(
         batch_size: rows per mini-batch (per micro-batch with ``accumulate``).
         validation_data / validation_split: a held-out ``(x_val, y_val)``, or the fraction of
             ``(x, y)`` to hold out by a split seeded with ``seed``.
-        metrics: names from :data:`fusednn.nn.metrics.METRIC_NAMES`, logged for training and validation.
+        metrics: names from :data:`fusednn.nn.metrics.METRIC_NAMES`, logged for training and validation;
+            checked against the loss before training (``"mae"``/``"mse"`` compare probabilities
+            with the targets, integer labels counting as one-hot rows).
         shuffle, seed: epoch ``e`` visits the rows in the order ``default_rng([seed, e]).permutation``.
         progress: a tqdm bar per epoch when stderr is a terminal; the same numbers go to the
             ``fusednn.training`` logger at INFO level either way.
@@ -385,8 +401,10 @@ def fit(
         A :class:`History` with one value per epoch of ``loss``, each metric, and their ``val_`` forms.
 
     Raises:
-        ValueError / TypeError: bad arguments, named with what was expected, before training;
-            a schedule rate that is not a finite number >= 0 (names the epoch and step).
+        ValueError / TypeError: before training, bad arguments, named with what was expected, and
+            bad data (complex, masked, non-finite, targets the loss is not defined for), naming
+            ``"training x"``, ``"validation y"``, ... and the first bad row; during training, a
+            schedule rate that is not a finite number >= 0 (names the epoch and step).
         OSError: the checkpoint destination is unusable (checked before training), or a write
             failed; the message names the path (``FileExistsError`` for a file already there).
         NonFiniteLossError: the loss became NaN or infinite (names the epoch and step).
@@ -418,16 +436,20 @@ def fit(
     checkpoints = (
         EpochCheckpoints(checkpoint, checkpoint_overwrite, checkpoint_extra) if checkpoint is not None else None
     )
+    seed = check_seed(seed)
     if seed is None:
         # SeedSequence() draws its entropy from the OS as one int; the stub's type covers entropy passed in too.
         seed = int(cast(int, np.random.SeedSequence().entropy) % 2**63)
     loss_fn = get_loss(loss, device=model.device)
-    metric_list = _resolve_metrics(metrics, loss_fn)
+    metric_list = _resolve_metrics(metrics, loss_fn, model.out_features)
     opt = _build_optimizer(model, optimizer, optimizer_kwargs, lr)
 
+    # Checked before the split, so an error names the row the user knows and a mask is seen before it is dropped.
+    # A split's validation rows are checked again below: a fraction of this pass, for one path through _Data.
+    x, y = _checked(model, loss_fn, x, y, "training")
     x_train, y_train, validation = _validation(validation_data, validation_split, x, y, seed)
-    train = _Data(model, loss_fn, x_train, y_train, "training")
-    val = _Data(model, loss_fn, *validation, "validation") if validation is not None else None
+    train = _Data(model, loss_fn, x_train, y_train)
+    val = None if validation is None else _Data(model, loss_fn, *_checked(model, loss_fn, *validation, "validation"))
     loop = _Loop(
         model,
         loss_fn,
