@@ -302,6 +302,7 @@ def fit(
     early_stopping: EarlyStopping | None = None,
     checkpoint: str | os.PathLike | None = None,
     checkpoint_extra: dict[str, Any] | None = None,
+    checkpoint_overwrite: bool = False,
     schedule: ScheduleFn | None = None,
     schedule_interval: str = "step",
     accumulate: int = 1,
@@ -331,6 +332,8 @@ def fit(
         checkpoint: a path; :func:`fusednn.nn.save` writes the model, optimizer and history there
             after every epoch that ended with a finite loss, plus the JSON values in ``checkpoint_extra``
             (whose ``"history"``, if any, is taken as earlier epochs' and continued).
+        checkpoint_overwrite: whether a file already at ``checkpoint`` may be replaced; without it
+            :func:`fit` raises ``FileExistsError`` before training.
         schedule, schedule_interval: a learning-rate schedule (see :mod:`fusednn.nn.schedules`)
             that sets ``optimizer.lr`` before every optimizer step (``"step"``) or every epoch (``"epoch"``).
         accumulate: micro-batches per optimizer step; each gradient is weighted by its share of
