@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import json
-import logging
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_helpers import XOR, interrupted_at, one_error_line
 
 import fusednn.cli
 from fusednn import nn
@@ -20,23 +19,11 @@ from fusednn.cli.errors import exit_status_table
 
 ROOT = Path(__file__).resolve().parents[1]
 
-XOR = ["train", "--data", "xor", "--rows", "200", "--hidden", "8", "--batch-size", "32", "--device", "numpy"]
-"""A run small enough to train in a fraction of a second."""
-
 
 def run_module(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "fusednn", *args], cwd=ROOT, capture_output=True, text=True, timeout=300
     )
-
-
-def one_error_line(capsys: pytest.CaptureFixture) -> str:
-    """The command's stderr, checked to be exactly one ``error:`` line and no traceback."""
-    err = capsys.readouterr().err
-    assert "Traceback" not in err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("fusednn train: error: "), err
-    return lines[0]
 
 
 def test_train_digits_end_to_end(tmp_path: Path) -> None:
@@ -83,6 +70,7 @@ def test_a_bad_flag_exits_2_with_one_line() -> None:
         (["--rows", "100"], "--rows applies to --data xor and synthetic only"),
         (["--labels", "labels.idx"], "--labels goes with an IDX images file"),
         (["--device", "tpu"], "Unknown device 'tpu'"),
+        (["--seed", "-1"], "argument --seed: expected an integer >= 0, got -1"),
     ],
 )
 def test_bad_flags_in_process(flags: list[str], message: str, capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
@@ -185,31 +173,6 @@ def test_resume_finishes_the_run_bit_identically(tmp_path: Path, capsys: pytest.
     assert "already trained 3 epochs" in capsys.readouterr().out
 
 
-class _InterruptAt(logging.Handler):
-    """Press Ctrl-C, in effect, when ``fit`` logs the end of an epoch (before that epoch's checkpoint)."""
-
-    def __init__(self, line: str) -> None:
-        super().__init__()
-        self.line = line
-
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.getMessage().startswith(self.line):
-            raise KeyboardInterrupt
-
-
-@contextmanager
-def interrupted_at(line: str) -> Iterator[None]:
-    logger = logging.getLogger("fusednn.training")
-    handler, level = _InterruptAt(line), logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
-    try:
-        yield
-    finally:
-        logger.removeHandler(handler)
-        logger.setLevel(level)
-
-
 def test_resume_without_the_flags_continues_the_saved_run(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     """Flags left out on --resume take the saved run's values, not the defaults: epochs, schedule, lr, optimizer..."""
     settings = ["--optimizer", "sgd", "--momentum", "0.9", "--lr", "0.05", "--schedule", "cosine", "--seed", "3"]
@@ -235,6 +198,24 @@ def test_resume_without_the_flags_continues_the_saved_run(tmp_path: Path, capsys
     ran = (record["optimizer"], record["lr"], record["schedule"], record["scale"], record["seed"], record["epochs"])
     assert ran == ("sgd", 0.05, "cosine", "minmax", 3, 3)
     assert json.loads((tmp_path / "split" / "metrics.json").read_text())["args"] == record
+
+
+def test_resume_from_another_directory_finds_the_run_s_data_and_out(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "first").mkdir()
+    (tmp_path / "second").mkdir()
+    monkeypatch.chdir(tmp_path / "first")
+    _table(tmp_path / "first", "data.csv", np.column_stack([np.ones((40, 2)), np.arange(40) % 2]))
+    flags = ["train", "--device", "numpy", "--hidden", "4", "--no-progress"]
+    assert main([*flags, "--data", "data.csv", "--out", "run", "--epochs", "1"]) == 0
+    monkeypatch.chdir(tmp_path / "second")
+    assert main(["train", "--resume", "../first/run/checkpoint.npz", "--epochs", "2", "--device", "numpy"]) == 0
+    resumed = nn.load(tmp_path / "first" / "run" / "checkpoint.npz", device="numpy")
+    assert resumed.epoch == 2 and not list((tmp_path / "second").iterdir())  # continued where the run lives
+    assert resumed.extra["args"]["data"] == str(tmp_path / "first" / "data.csv")
+    again = ["train", "--resume", "../first/run/checkpoint.npz", "--data", "../first/data.csv", "--epochs", "3"]
+    assert main([*again, "--device", "numpy"]) == 0  # the same file by another path is no conflict
 
 
 @pytest.fixture(scope="module")

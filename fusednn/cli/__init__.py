@@ -12,9 +12,11 @@ report and the confusion matrix, and writes to ``--out``:
 
 A fresh run refuses an ``--out`` that already holds a checkpoint, unless ``--overwrite``.
 ``--resume`` continues a run from its checkpoint up to ``--epochs`` epochs in total, with
-the run's saved settings: rerunning with ``--resume <out>/checkpoint.npz`` finishes an
-interrupted run with the weights an uninterrupted one would have had. A flag that would
-change what the saved run computes is refused rather than ignored.
+the run's saved settings: flags left out keep their saved values, so ``--resume
+<out>/checkpoint.npz`` alone finishes an interrupted run with the weights an uninterrupted
+one would have had. A flag that would change what the saved run computes is refused
+rather than ignored; ``--epochs``, ``--device``, ``--out``, ``--no-progress`` and
+``--overwrite`` may change.
 
 Every failure a user can cause ends with one line on stderr and an exit status of its kind
 (a traceback means a bug in fusednn):

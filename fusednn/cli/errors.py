@@ -48,8 +48,14 @@ class CommandError(Exception):
 
 
 def first_line(error: BaseException) -> str:
-    """An exception's message, cut to its first line (the command promises one-line errors)."""
-    lines = str(error).strip().splitlines()
+    """An exception's message, cut to its first line (the command promises one-line errors).
+
+    An ``OSError`` is told without Python's ``[Errno N]`` prefix, which means nothing to a user.
+    """
+    text = str(error)
+    if isinstance(error, OSError) and error.strerror:
+        text = error.strerror + (f": {error.filename!r}" if error.filename else "")
+    lines = text.strip().splitlines()
     return lines[0] if lines else type(error).__name__
 
 

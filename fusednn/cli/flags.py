@@ -64,6 +64,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {value}")
+    return value
+
+
 def _non_negative_float(text: str) -> float:
     try:
         value = float(text)
@@ -175,7 +185,9 @@ def build_parsers(description: str) -> tuple[argparse.ArgumentParser, argparse.A
         metavar="PATIENCE",
         help="stop when val_loss has not improved for PATIENCE epochs; keep the best weights",
     )
-    opt.add_argument("--seed", type=int, default=0, help="seed of the splits, the weights and the batch order")
+    opt.add_argument(
+        "--seed", type=_non_negative_int, default=0, help="seed of the splits, the weights and the batch order"
+    )
 
     run = train.add_argument_group("output")
     run.add_argument("--out", default=None, help="output directory (default: runs/<data set name>)")
@@ -189,8 +201,9 @@ def build_parsers(description: str) -> tuple[argparse.ArgumentParser, argparse.A
         default=None,
         metavar="PATH",
         help="continue the run saved in this checkpoint up to --epochs, with its saved settings: "
-        "flags not given keep their saved values, and a given flag that differs is refused, "
-        f"except {', '.join(sorted(_flag(dest) for dest in MAY_CHANGE_ON_RESUME))}",
+        "flags not given keep their saved values, and a given flag that differs is refused; "
+        f"{_flags(MAY_CHANGE_ON_RESUME - NOT_FROM_THE_RECORD)} may change, and "
+        f"{_flags(NOT_FROM_THE_RECORD - {'resume'})} apply to this run only",
     )
     run.add_argument("--no-progress", action="store_true", help="no progress bar (log lines only)")
     return parser, train
@@ -198,6 +211,12 @@ def build_parsers(description: str) -> tuple[argparse.ArgumentParser, argparse.A
 
 def _flag(dest: str) -> str:
     return "--" + dest.replace("_", "-")
+
+
+def _flags(dests: set[str] | frozenset[str]) -> str:
+    """``--a, --b and --c``."""
+    names = sorted(_flag(dest) for dest in dests)
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
 
 
 def given_flags(argv: Sequence[str]) -> set[str]:

@@ -10,6 +10,7 @@ one line and returns its exit status.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -108,8 +109,10 @@ def _prepare(args: argparse.Namespace, given: set[str], parser: argparse.Argumen
     _check_flags(settings)
     outputs = Outputs(Path(settings.out or Path("runs") / Path(settings.data).stem))
     replace = out_files.prepare(outputs, args.resume, settings.overwrite)
+    # A resumed run's --data may be the record's relative path, written from another directory: say so.
+    saved = f"--data {settings.data!r} (saved in --resume {args.resume!r})" if resumed and "data" not in given else ""
     with failing_as(ExitStatus.MEMORY, MemoryError, context="out of memory loading --data"):
-        with failing_as(ExitStatus.DATA, ValueError, TypeError, OSError):
+        with failing_as(ExitStatus.DATA, ValueError, TypeError, OSError, context=saved):
             options = {key: getattr(settings, key) for key in ("features", "classes") if getattr(settings, key)}
             dataset = load_dataset(
                 settings.data, rows=settings.rows, seed=settings.seed, labels=settings.labels, task=settings.task,
@@ -224,7 +227,7 @@ def _banner(run: _Run) -> str:
 def _train(run: _Run, args: argparse.Namespace) -> int:
     settings, model, outputs = run.settings, run.model, run.outputs
     print(_banner(run), flush=True)
-    record = {key: value for key, value in vars(settings).items() if key != "command"}
+    record = _record(settings, outputs)
     extra = {"scaler": run.scaler.state_dict() if run.scaler is not None else None, "args": record}
     before = out_files.snapshot(outputs.checkpoint)
     history = dict(run.history)
@@ -250,6 +253,20 @@ def _train(run: _Run, args: argparse.Namespace) -> int:
         return int(ExitStatus.INTERRUPTED)
     print(f"wrote {outputs.checkpoint}, {outputs.metrics}, {outputs.curves}")
     return int(ExitStatus.OK)
+
+
+def _record(settings: argparse.Namespace, outputs: Outputs) -> dict[str, Any]:
+    """The settings as saved in checkpoints and metrics.json, with the files the run used as absolute paths.
+
+    Absolute, so that ``--resume`` from another directory finds the same data and ``--out``.
+    """
+    record = {key: value for key, value in vars(settings).items() if key != "command"}
+    if record["data"] not in BUILTIN_DATASETS:
+        record["data"] = os.path.abspath(record["data"])
+    if record["labels"] is not None:
+        record["labels"] = os.path.abspath(record["labels"])
+    record["out"] = os.path.abspath(outputs.directory)
+    return record
 
 
 def _fit(run: _Run, remaining: int, extra: dict[str, Any], history: dict[str, list[float]]) -> dict[str, list[float]]:
