@@ -48,8 +48,11 @@ def test_train_digits_end_to_end(tmp_path: Path) -> None:
     assert sorted(path.name for path in out.iterdir()) == ["checkpoint.npz", "curves.png", "metrics.json"]
 
 
-def test_a_bad_flag_exits_2_with_one_line() -> None:
-    result = run_module("train", "--batch-size", "-5")
+@pytest.mark.parametrize("module", ["fusednn", "fusednn.cli"])
+def test_a_bad_flag_exits_2_with_one_line(module: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", module, "train", "--batch-size", "-5"], cwd=ROOT, capture_output=True, text=True
+    )
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     error_lines = [line for line in result.stderr.splitlines() if "error:" in line]
@@ -69,6 +72,7 @@ def test_a_bad_flag_exits_2_with_one_line() -> None:
         (["--features", "8"], "--features and --classes apply to --data synthetic only"),
         (["--rows", "100"], "--rows applies to --data xor and synthetic only"),
         (["--labels", "labels.idx"], "--labels goes with an IDX images file"),
+        (["--data", ".", "--labels", "labels.idx"], "--labels goes with an IDX images file"),
         (["--device", "tpu"], "Unknown device 'tpu'"),
         (["--seed", "-1"], "argument --seed: expected an integer >= 0, got -1"),
     ],
@@ -289,6 +293,16 @@ def test_resume_refuses_a_malformed_checkpoint(
     argv = ["train", "--resume", str(damaged), "--epochs", "2", "--out", str(tmp_path / "out"), "--device", "numpy"]
     assert main(argv) == ExitStatus.CHECKPOINT
     assert message in one_error_line(capsys)
+
+
+def test_resume_reads_the_record_of_an_older_fusednn(saved_run: Path, tmp_path: Path) -> None:
+    """Records written before --task and --overwrite existed, with relative paths, still resume."""
+    saved = nn.load(saved_run, device="numpy")
+    record = {key: value for key, value in saved.extra["args"].items() if key not in ("task", "overwrite")}
+    older = tmp_path / "older.npz"
+    nn.save(older, saved.model, saved.optimizer, **{**saved.extra, "args": {**record, "command": "train", "out": "x"}})
+    assert main(["train", "--resume", str(older), "--epochs", "2", "--out", str(tmp_path / "out")]) == 0
+    assert nn.load(tmp_path / "out" / "checkpoint.npz", device="numpy").extra["args"]["task"] == "auto"
 
 
 def test_task_regression_trains_on_whole_number_targets(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

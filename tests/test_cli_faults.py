@@ -17,7 +17,9 @@ import subprocess
 import sys
 import textwrap
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -110,6 +112,28 @@ def test_a_read_only_out_fails_before_training(
     expected = f"fusednn train: error: cannot write to --out {str(tmp_path)!r}: Read-only file system"
     assert one_error_line(capsys) == expected
     assert files_in(tmp_path) == before
+
+
+def test_an_out_that_cannot_be_searched_fails_with_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """What a user who is not root meets under a directory without search permission (root never does)."""
+    locked = tmp_path / "locked"
+    real_stat, real_mkdir = os.stat, os.mkdir
+
+    def refused(real: Callable[..., Any]) -> Callable[..., Any]:
+        def call(path: str | os.PathLike, *args: Any, **kwargs: Any) -> Any:
+            if str(path).startswith(str(locked)) and str(path) != str(locked):
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+            return real(path, *args, **kwargs)
+
+        return call
+
+    monkeypatch.setattr(os, "stat", refused(real_stat))
+    monkeypatch.setattr(os, "mkdir", refused(real_mkdir))
+    assert main([*XOR, "--epochs", "1", "--out", str(locked / "run")]) == ExitStatus.OUTPUT
+    out = repr(str(locked / "run"))
+    assert one_error_line(capsys) == f"fusednn train: error: cannot use --out {out}: Permission denied: {out}"
 
 
 REAL_FILESYSTEMS = textwrap.dedent(

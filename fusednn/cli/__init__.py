@@ -70,7 +70,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         argparse.ArgumentParser.error(error.parser, str(error))  # usage, one line, exit status 2
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
     return train(args, train_parser, given)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

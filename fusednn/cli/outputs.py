@@ -21,7 +21,7 @@ from typing import IO, Any
 import numpy as np
 
 from ..nn.atomic import write_atomically
-from .errors import CommandError, ExitStatus
+from .errors import CommandError, ExitStatus, failing_as
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,11 @@ def prepare(outputs: Outputs, resume: str | None, overwrite: bool) -> bool:
             is a file, cannot be written, has a directory where a file must go, or
             holds a checkpoint that this run must not replace.
     """
+    with failing_as(ExitStatus.OUTPUT, OSError, context=f"cannot use --out {str(outputs.directory)!r}"):
+        return _check(outputs, resume, overwrite)
+
+
+def _check(outputs: Outputs, resume: str | None, overwrite: bool) -> bool:
     directory = outputs.directory
     existing = next(path for path in (directory, *directory.absolute().parents) if path.exists())
     if not existing.is_dir():

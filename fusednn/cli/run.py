@@ -92,7 +92,9 @@ def _check_flags(settings: argparse.Namespace) -> None:
     elif settings.rows is not None and not generated:
         problem = "--rows applies to --data xor and synthetic only"
     elif settings.labels is not None and (
-        settings.data in BUILTIN_DATASETS or Path(settings.data).suffix.lower() in (".csv", ".npy", ".npz")
+        settings.data in BUILTIN_DATASETS
+        or Path(settings.data).is_dir()
+        or Path(settings.data).suffix.lower() in (".csv", ".npy", ".npz")
     ):
         problem = "--labels goes with an IDX images file given to --data"
     elif settings.momentum is not None and settings.optimizer == "adam":
@@ -109,40 +111,55 @@ def _prepare(args: argparse.Namespace, given: set[str], parser: argparse.Argumen
     _check_flags(settings)
     outputs = Outputs(Path(settings.out or Path("runs") / Path(settings.data).stem))
     replace = out_files.prepare(outputs, args.resume, settings.overwrite)
-    # A resumed run's --data may be the record's relative path, written from another directory: say so.
-    saved = f"--data {settings.data!r} (saved in --resume {args.resume!r})" if resumed and "data" not in given else ""
-    with failing_as(ExitStatus.MEMORY, MemoryError, context="out of memory loading --data"):
-        with failing_as(ExitStatus.DATA, ValueError, TypeError, OSError, context=saved):
-            options = {key: getattr(settings, key) for key in ("features", "classes") if getattr(settings, key)}
-            dataset = load_dataset(
-                settings.data, rows=settings.rows, seed=settings.seed, labels=settings.labels, task=settings.task,
-                **options,
-            )  # fmt: skip
-            splits = _splits(dataset, settings)
-    n_out = dataset.num_classes or (1 if dataset.y.ndim == 1 else dataset.y.shape[1])
+    context = ""
+    if resumed is not None and "data" not in given:  # --data comes from the record: if it fails (moved?), say so
+        context = f"--data {settings.data!r} (saved in --resume {args.resume!r})"
+    dataset, splits = _load_data(settings, context)
     lr = settings.lr * settings.batch_size * settings.accumulate / BASE_BATCH
     lr = lr if settings.lr_scaling == "linear" else settings.lr
     with failing_as(ExitStatus.MEMORY, MemoryError, context="out of memory building the model"):
-        if resumed is not None:
-            model, optimizer = resumed.model, resumed.optimizer
-            assert optimizer is not None  # resume.load refuses a checkpoint without one
-            _check_model_fits(model, dataset, n_out, resumed.path)
-            scaler = resume.scaler(resumed, settings.scale)
-            history = resume.history(resumed)
-        else:
-            sizes = [dataset.x.shape[1], *settings.hidden, n_out]
-            model = nn.MLP(sizes, activation=settings.activation, device=args.device, dtype=settings.dtype,
-                           seed=settings.seed)  # fmt: skip
-            with failing_as(ExitStatus.USAGE, ValueError):
-                optimizer = nn.get_optimizer(settings.optimizer, model.parameters(), **_optimizer_kwargs(settings, lr))
-            scaler = None if settings.scale == "none" else SCALERS[settings.scale]().fit(splits["train"][0])
-            history = {}
+        model, optimizer, scaler, history = _model_and_state(args, settings, resumed, dataset, splits, lr)
     if scaler is not None:
         with failing_as(ExitStatus.MEMORY, MemoryError, context="out of memory scaling --data"):
             splits = {name: (scaler.transform(x), y) for name, (x, y) in splits.items()}
     out_files.create(outputs)
     anew = sorted(given & MAY_CHANGE_ON_RESUME - {"resume"}) if resumed else []
     return _Run(settings, outputs, replace, dataset, splits, model, optimizer, scaler, lr, resumed, history, anew)
+
+
+def _load_data(settings: argparse.Namespace, context: str) -> tuple[Dataset, dict[str, tuple[np.ndarray, np.ndarray]]]:
+    """The data set and its test, validation and training splits."""
+    options = {key: getattr(settings, key) for key in ("features", "classes") if getattr(settings, key) is not None}
+    with (
+        failing_as(ExitStatus.MEMORY, MemoryError, context="out of memory loading --data"),
+        failing_as(ExitStatus.DATA, ValueError, TypeError, OSError, context=context),
+    ):
+        dataset = load_dataset(
+            settings.data, rows=settings.rows, seed=settings.seed, labels=settings.labels, task=settings.task, **options
+        )
+        return dataset, _splits(dataset, settings)
+
+
+def _model_and_state(
+    args: argparse.Namespace,
+    settings: argparse.Namespace,
+    resumed: nn.Checkpoint | None,
+    dataset: Dataset,
+    splits: dict[str, tuple[np.ndarray, np.ndarray]],
+    lr: float,
+) -> tuple[Any, nn.Optimizer, Any, dict[str, list[float]]]:
+    """The model, optimizer, scaler and history to train on: restored and checked, or new."""
+    n_out = dataset.num_classes or (1 if dataset.y.ndim == 1 else dataset.y.shape[1])
+    if resumed is not None:
+        assert resumed.optimizer is not None  # resume.load refuses a checkpoint without one
+        _check_model_fits(resumed.model, dataset, n_out, resumed.path)
+        return resumed.model, resumed.optimizer, resume.scaler(resumed, settings.scale), resume.history(resumed)
+    sizes = [dataset.x.shape[1], *settings.hidden, n_out]
+    model = nn.MLP(sizes, activation=settings.activation, device=args.device, dtype=settings.dtype, seed=settings.seed)
+    with failing_as(ExitStatus.USAGE, ValueError):
+        optimizer = nn.get_optimizer(settings.optimizer, model.parameters(), **_optimizer_kwargs(settings, lr))
+    scaler = None if settings.scale == "none" else SCALERS[settings.scale]().fit(splits["train"][0])
+    return model, optimizer, scaler, {}
 
 
 def _splits(dataset: Dataset, settings: argparse.Namespace) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -237,8 +254,8 @@ def _train(run: _Run, args: argparse.Namespace) -> int:
         if remaining > 0:
             history = _fit(run, remaining, extra, history)
         else:
-            print(f"{run.resumed.path if run.resumed else ''} has already trained {model.epochs_trained} epochs "
-                  f"(--epochs {settings.epochs})")  # fmt: skip
+            assert run.resumed is not None  # a new model has trained no epochs, and --epochs is at least 1
+            print(f"{run.resumed.path} has already trained {model.epochs_trained} epochs (--epochs {settings.epochs})")
         seconds = time.perf_counter() - started
         with failing_as(ExitStatus.OUTPUT, OSError):
             nn.save(outputs.checkpoint, model, run.optimizer, **extra, history=history)
