@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -77,9 +78,11 @@ def load_npz(
     (``None`` when the archive has none).
     """
     path = _existing(path)
+    if not zipfile.is_zipfile(path):  # else NumPy reads it as a pickle and talks about allow_pickle
+        raise ValueError(f"{str(path)!r} is not a readable .npz archive: it is not a zip file")
     try:
         archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, zipfile.BadZipFile) as error:
         raise ValueError(f"{str(path)!r} is not a readable .npz archive: {error}") from None
     with archive:
         names = list(archive.files)
