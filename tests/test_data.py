@@ -118,7 +118,7 @@ def test_stratified_split_keeps_proportions() -> None:
         (np.zeros((3, 1)), np.zeros(3), {"val_fraction": 1.0}, "strictly between 0 and 1"),
         (np.zeros((1, 1)), np.zeros(1), {}, "at least 2 samples"),
         (np.zeros((4, 1)), np.zeros((4, 2)), {"stratify": True}, "1-D class labels"),
-        (np.zeros((2, 1)), np.array([0, 1]), {"stratify": True}, "leaves one part empty"),
+        (np.zeros((2, 1)), np.array([0, 1]), {"stratify": True}, "leaves the held-out part empty"),
     ],
 )
 def test_split_errors(x, y, kwargs, match) -> None:
@@ -198,7 +198,7 @@ def test_loader_errors(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="missing.npz"):
         data.load_npz(tmp_path / "missing.npz")
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
-    with pytest.raises(ValueError, match="bad.npz.*not a readable .npz"):
+    with pytest.raises(ValueError, match="bad.npz' is not a readable .npz archive: it is not a zip file"):
         data.load_npz(tmp_path / "bad.npz")
     np.savez(tmp_path / "nokeys.npz", weights=np.zeros(3))
     with pytest.raises(ValueError, match="no features array"):
@@ -293,3 +293,119 @@ def test_load_dataset_unknown_format_and_bad_labels(tmp_path: Path) -> None:
     np.savez(tmp_path / "nolabels.npz", x=np.ones((2, 2)))
     with pytest.raises(ValueError, match="holds no labels"):
         data.load_dataset(str(tmp_path / "nolabels.npz"))
+
+
+# ------------------------------------------------------- task, bad tables
+
+
+def write_table(path: Path, table: np.ndarray) -> str:
+    """A CSV with a header line, as a user would export one."""
+    header = ",".join(f"c{i}" for i in range(table.shape[1]))
+    np.savetxt(path, table, delimiter=",", header=header, comments="")
+    return str(path)
+
+
+def test_task_choice_keeps_whole_number_regression_targets(tmp_path: Path) -> None:
+    prices = np.arange(40) * 250.0 + 1000  # whole numbers, but quantities
+    path = write_table(tmp_path / "prices.csv", np.column_stack([np.linspace(0, 1, 40), prices]))
+    guessed = data.load_dataset(path)
+    assert guessed.task == "classification" and guessed.num_classes == 10751
+    assert guessed.task_reason == "the label column holds whole numbers only (1000..10750)"
+    regression = data.load_dataset(path, task="regression")
+    assert regression.task == "regression" and regression.num_classes is None and regression.task_reason == ""
+    assert regression.y.dtype == regression.x.dtype == np.float64
+    np.testing.assert_array_equal(regression.y, prices)
+    huge = write_table(tmp_path / "huge.csv", np.column_stack([np.ones(3), [1e20, 2e20, 3e20]]))
+    assert data.load_dataset(huge).task == "regression"  # int64 cannot hold them: no wrapped-around labels
+
+
+def test_task_choice_on_arrays_and_builtins(tmp_path: Path) -> None:
+    np.savez(tmp_path / "floats.npz", x=np.ones((4, 2)), y=np.array([0.0, 1.0, 1.0, 0.0]))
+    stored = data.load_dataset(str(tmp_path / "floats.npz"))
+    assert stored.task == "regression" and stored.task_reason == "the targets are stored as floats (float64)"
+    labels = data.load_dataset(str(tmp_path / "floats.npz"), task="classification")
+    assert labels.num_classes == 2 and labels.y.dtype == np.int64
+    np.savez(tmp_path / "ints.npz", x=np.ones((3, 2)), y=np.array([2, 0, 1]))
+    integers = data.load_dataset(str(tmp_path / "ints.npz"))
+    assert integers.task_reason == "the targets are stored as integers (int64, 0..2)"
+    xor = data.load_dataset("xor", rows=6, task="regression")
+    assert xor.num_classes is None and xor.y.dtype == np.float32
+    assert data.load_dataset("xor", rows=6).task_reason == "xor is a classification data set"
+
+
+@pytest.mark.parametrize(
+    ("y", "kwargs", "match"),
+    [
+        ([0.5, 1.0, 0.0], {"task": "classification"}, r"whole-number class labels, found 0.5 in row 0"),
+        ([[0, 1], [1, 0], [0, 1]], {"task": "classification"}, "one class label per row"),
+        ([1, 1, 1], {}, "at least 2 classes, but every label is 1"),
+        ([-1, 0, 1], {}, "class labels must be >= 0, found -1; pass task='regression'"),
+        ([0, 1, 0], {"task": "ordinal"}, "task must be one of 'auto', 'classification', 'regression'"),
+    ],
+)
+def test_task_errors(tmp_path: Path, y: list, kwargs: dict, match: str) -> None:
+    np.savez(tmp_path / "d.npz", x=np.ones((3, 2)), y=np.array(y))
+    with pytest.raises(ValueError, match=match):
+        data.load_dataset(str(tmp_path / "d.npz"), **kwargs)
+
+
+def test_a_table_without_feature_columns_is_named(tmp_path: Path) -> None:
+    path = write_table(tmp_path / "labels_only.csv", np.arange(6.0)[:, None])
+    with pytest.raises(ValueError, match=r"labels_only.csv' has a single column.*a feature column is missing"):
+        data.load_dataset(path)
+    np.save(tmp_path / "column.npy", np.zeros((4, 1)))
+    with pytest.raises(ValueError, match="column.npy' has a single column"):
+        data.load_npy(tmp_path / "column.npy")
+    np.savez(tmp_path / "empty.npz", x=np.zeros((4, 0)), y=np.arange(4))
+    with pytest.raises(ValueError, match=r"empty.npz' has no feature column: x has shape \(4, 0\)"):
+        data.load_dataset(str(tmp_path / "empty.npz"))
+
+
+def test_non_finite_file_data_is_rejected_with_its_row_and_column(tmp_path: Path) -> None:
+    table = np.column_stack([np.ones((5, 3)), np.arange(5) % 2])
+    table[3, 1] = np.nan
+    with pytest.raises(ValueError, match=r"features hold nan at row 3, column 1 .*drop or fill in"):
+        data.load_dataset(write_table(tmp_path / "gaps.csv", table))
+    np.savez(tmp_path / "inf.npz", x=np.ones((3, 2)), y=np.array([0.5, np.inf, 1.0]))
+    with pytest.raises(ValueError, match="inf.npz': the targets hold inf at row 1"):
+        data.load_dataset(str(tmp_path / "inf.npz"))
+
+
+def test_a_binary_file_named_csv_is_named(tmp_path: Path) -> None:
+    (tmp_path / "image.csv").write_bytes(b"\x89PNG\r\n\x1a\n\xff\xfe")
+    with pytest.raises(ValueError, match="image.csv' is not a numeric CSV table"):
+        data.load_csv(tmp_path / "image.csv")
+
+
+def test_split_errors_name_the_caller_s_argument_and_the_rows() -> None:
+    x, y = np.zeros((40, 1)), np.arange(40) % 2
+    expected = (
+        r"--test-split=0.01 leaves the held-out part empty: 40 rows split per class into 40 training and 0 "
+        r"held-out rows \(the largest of 2 classes has 20 rows\)"
+    )
+    with pytest.raises(ValueError, match=expected):
+        data.train_val_split(x, y, 0.01, stratify=True, name="--test-split")
+    with pytest.raises(ValueError, match="--val-split=0.99 leaves the training part empty"):
+        data.train_val_split(x, y, 0.99, stratify=True, name="--val-split")
+    with pytest.raises(ValueError, match="--val-split=0.5: need at least 2 samples to split, got 1"):
+        data.train_val_split(x[:1], y[:1], 0.5, name="--val-split")
+
+
+@pytest.mark.parametrize(
+    ("state", "match"),
+    [
+        ("StandardScaler", "must be a dict, got str"),
+        ({"type": "StandardScaler", "offset": [0.0]}, "has no 'scale'"),
+        ({"type": "StandardScaler", "scale": [1.0, 2.0], "offset": [0.0]}, "2 scales but 1 offsets"),
+        ({"type": "StandardScaler", "scale": "wide", "offset": [0.0]}, "'scale' must be a list of numbers"),
+        ({"type": "StandardScaler", "scale": [[1.0]], "offset": [[0.0]]}, r"non-empty list of numbers, got shape"),
+        ({"type": "StandardScaler", "scale": [np.nan], "offset": [0.0]}, "'scale' holds non-finite values"),
+        ({"type": "StandardScaler", "scale": [0.0], "offset": [0.0]}, "zero scale"),
+    ],
+)
+def test_scaler_state_is_checked_before_it_is_used(state, match: str) -> None:
+    scaler = data.StandardScaler().fit(np.array([[1.0], [3.0]]))
+    with pytest.raises(ValueError, match=match):
+        scaler.load_state_dict(state)
+    np.testing.assert_array_equal(scaler.transform(np.array([[1.0]])), [[-1.0]])  # left as it was
+    assert scaler.n_features_in_ == 1

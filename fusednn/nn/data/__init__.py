@@ -10,7 +10,7 @@ Everything here works on host NumPy arrays; ``fit`` moves data to the model's de
 1.0
 """
 
-from .datasets import BUILTIN_DATASETS, SYNTHETIC_CHUNK_ROWS, Dataset, digits, load_dataset, synthetic, xor
+from .datasets import BUILTIN_DATASETS, SYNTHETIC_CHUNK_ROWS, TASKS, Dataset, digits, load_dataset, synthetic, xor
 from .files import find_mnist_files, load_csv, load_idx, load_idx_pair, load_npy, load_npz
 from .preprocessing import SCALERS, MinMaxScaler, StandardScaler, one_hot, train_val_split
 
@@ -18,6 +18,7 @@ __all__ = [
     "BUILTIN_DATASETS",
     "SCALERS",
     "SYNTHETIC_CHUNK_ROWS",
+    "TASKS",
     "Dataset",
     "MinMaxScaler",
     "StandardScaler",

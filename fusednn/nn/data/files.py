@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gzip
 import os
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -43,13 +44,26 @@ def _split_columns(table: np.ndarray, label_column: int | None, path: Path) -> t
         raise ValueError(
             f"label_column={label_column} is out of range for {str(path)!r} with {table.shape[1]} columns"
         ) from None
+    if table.shape[1] < 2:
+        raise ValueError(
+            f"{str(path)!r} has a single column, the label column (label_column={label_column}): "
+            "a feature column is missing; expected at least one feature column besides the labels"
+        )
     x = np.delete(table, label_column % table.shape[1], axis=1)
     return x, _labels_if_whole(y)
 
 
+_EXACT_INTEGERS = 2.0**53
+"""Floats below this magnitude convert to int64 and back without loss."""
+
+
 def _labels_if_whole(y: np.ndarray) -> np.ndarray:
-    """Whole-number float labels (as a CSV yields) become int64 class labels; other targets stay floats."""
-    if y.dtype.kind == "f" and y.size and np.all(y == np.round(y)):
+    """Whole-number float labels (as a CSV yields) become int64 class labels; other targets stay floats.
+
+    Only values that survive the round trip are converted, so a caller that wants
+    regression targets (``load_dataset(task="regression")``) gets the same numbers back.
+    """
+    if y.dtype.kind == "f" and y.size and np.all(np.abs(y) < _EXACT_INTEGERS) and np.all(y == np.round(y)):
         return y.astype(np.int64)
     return y
 
@@ -64,9 +78,11 @@ def load_npz(
     (``None`` when the archive has none).
     """
     path = _existing(path)
+    if not zipfile.is_zipfile(path):  # else NumPy reads it as a pickle and talks about allow_pickle
+        raise ValueError(f"{str(path)!r} is not a readable .npz archive: it is not a zip file")
     try:
         archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, zipfile.BadZipFile) as error:
         raise ValueError(f"{str(path)!r} is not a readable .npz archive: {error}") from None
     with archive:
         names = list(archive.files)
@@ -105,16 +121,16 @@ def load_csv(
     Column ``label_column`` (default: the last) is ``y``; whole-number labels become int64.
     """
     path = _existing(path)
-    with open(path, encoding="utf-8") as handle:
-        first = handle.readline()
     try:
-        [float(cell) for cell in first.strip().split(delimiter)]
-        skip = 0
-    except ValueError:
-        skip = 1
-    try:
-        table = np.loadtxt(path, delimiter=delimiter, skiprows=skip, dtype=np.float64, ndmin=2)
-    except ValueError as error:
+        with open(path, encoding="utf-8") as handle:
+            first = handle.readline()
+        try:
+            [float(cell) for cell in first.strip().split(delimiter)]
+            skip = 0
+        except ValueError:
+            skip = 1
+        table = np.loadtxt(path, delimiter=delimiter, skiprows=skip, dtype=np.float64, ndmin=2, encoding="utf-8")
+    except ValueError as error:  # UnicodeDecodeError included: a binary file named .csv
         raise ValueError(f"{str(path)!r} is not a numeric CSV table: {error}") from None
     if table.size == 0:
         raise ValueError(f"{str(path)!r} holds no rows")

@@ -83,13 +83,45 @@ class _Scaler:
         scale, offset = self._require_fitted()
         return {"type": type(self).__name__, "scale": scale.tolist(), "offset": offset.tolist()}
 
+    @property
+    def n_features_in_(self) -> int:
+        """The number of features seen by :meth:`fit` (scikit-learn's name)."""
+        return int(self._require_fitted()[0].shape[0])
+
     def load_state_dict(self, state: dict[str, Any]) -> _Scaler:
-        """Restore statistics saved by :meth:`state_dict`; returns ``self``."""
+        """Restore statistics saved by :meth:`state_dict`; returns ``self``.
+
+        Raises:
+            ValueError: ``state`` is not such a dict: another scaler's, a missing
+                field, lists of other lengths or shapes, non-numbers, non-finite
+                values, or a zero scale. Nothing is changed then.
+        """
+        if not isinstance(state, dict):
+            raise ValueError(f"A scaler state must be a dict, got {type(state).__name__}")
         if state.get("type") != type(self).__name__:
             raise ValueError(f"This state belongs to a {state.get('type')!r}, not a {type(self).__name__}")
-        self.scale_ = np.asarray(state["scale"], dtype=np.float64)
-        self.offset_ = np.asarray(state["offset"], dtype=np.float64)
+        scale, offset = (_statistic(state, key) for key in ("scale", "offset"))
+        if scale.shape != offset.shape:
+            raise ValueError(f"Scaler state has {scale.shape[0]} scales but {offset.shape[0]} offsets")
+        if np.any(scale == 0):
+            raise ValueError("Scaler state has a zero scale; it would map a feature to a constant")
+        self.scale_, self.offset_ = scale, offset
         return self
+
+
+def _statistic(state: dict[str, Any], key: str) -> np.ndarray:
+    """``state[key]`` as a non-empty 1-D float64 vector of finite numbers."""
+    if key not in state:
+        raise ValueError(f"Scaler state has no {key!r}")
+    try:
+        values = np.asarray(state[key], dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"Scaler state {key!r} must be a list of numbers, got {state[key]!r:.60}") from None
+    if values.ndim != 1 or values.size == 0:
+        raise ValueError(f"Scaler state {key!r} must be a non-empty list of numbers, got shape {values.shape}")
+    if not np.all(np.isfinite(values)):
+        raise ValueError(f"Scaler state {key!r} holds non-finite values")
+    return values
 
 
 class MinMaxScaler(_Scaler):
@@ -154,14 +186,16 @@ def one_hot(labels: Any, num_classes: int | None = None, dtype: Any = np.float32
 
 
 def train_val_split(
-    x: Any, y: Any, val_fraction: float = 0.1, seed: int = 0, stratify: bool = False
+    x: Any, y: Any, val_fraction: float = 0.1, seed: int = 0, stratify: bool = False, *, name: str = "val_fraction"
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Split ``(x, y)`` into ``(x_train, y_train, x_val, y_val)`` by a seeded permutation.
 
     ``val_fraction`` of the rows (rounded, at least one) go to validation. With
     ``stratify=True`` each class is split on its own so both parts keep the
     class proportions (``y`` must then be labels). The same ``seed`` gives the
-    same split on every machine (NumPy's ``Generator`` with PCG64).
+    same split on every machine (NumPy's ``Generator`` with PCG64). ``name`` is
+    what error messages call ``val_fraction``: a caller such as the command line
+    passes the flag its user typed (``"--test-split"``).
 
     >>> x, y = np.arange(20).reshape(10, 2), np.arange(10) % 2
     >>> [part.shape[0] for part in train_val_split(x, y, 0.2, seed=0)]
@@ -171,26 +205,31 @@ def train_val_split(
     if x.shape[0] != y.shape[0]:
         raise ValueError(f"x and y hold different numbers of samples: {x.shape[0]} vs {y.shape[0]}")
     if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must lie strictly between 0 and 1, got {val_fraction}")
+        raise ValueError(f"{name} must lie strictly between 0 and 1, got {val_fraction}")
     n = x.shape[0]
     if n < 2:
-        raise ValueError(f"Need at least 2 samples to split, got {n}")
+        raise ValueError(f"{name}={val_fraction}: need at least 2 samples to split, got {n}")
     rng = np.random.default_rng(seed)
     if stratify:
         if y.ndim != 1:
             raise ValueError(f"stratify=True needs 1-D class labels, got y of shape {y.shape}")
         val_parts, train_parts = [], []
-        for label in np.unique(y):
+        labels, counts = np.unique(y, return_counts=True)
+        for label in labels:
             members = rng.permutation(np.flatnonzero(y == label))
             n_val = int(round(val_fraction * len(members)))
             val_parts.append(members[:n_val])
             train_parts.append(members[n_val:])
         val_index = rng.permutation(np.concatenate(val_parts))
         train_index = rng.permutation(np.concatenate(train_parts))
+        if len(val_index) == 0 or len(train_index) == 0:  # every class rounded the same way
+            raise ValueError(
+                f"{name}={val_fraction} leaves the {'held-out' if len(val_index) == 0 else 'training'} part empty: "
+                f"{n} rows split per class into {len(train_index)} training and {len(val_index)} held-out rows "
+                f"(the largest of {len(labels)} classes has {int(counts.max())} rows)"
+            )
     else:
         order = rng.permutation(n)
-        n_val = min(max(int(round(val_fraction * n)), 1), n - 1)
+        n_val = min(max(int(round(val_fraction * n)), 1), n - 1)  # never empties either part
         val_index, train_index = order[:n_val], order[n_val:]
-    if len(val_index) == 0 or len(train_index) == 0:
-        raise ValueError(f"val_fraction={val_fraction} leaves one part empty with {n} samples")
     return x[train_index], y[train_index], x[val_index], y[val_index]
