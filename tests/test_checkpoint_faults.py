@@ -152,6 +152,24 @@ def test_temporaries_of_live_processes_other_hosts_and_other_files_are_kept(tmp_
     assert kept == {name for key, name in names.items() if key != "dead"}
 
 
+def test_a_new_file_honours_the_umask_and_a_replaced_one_keeps_its_mode(tmp_path: Path) -> None:
+    # A temporary file is created 0600; the file it becomes must be as readable as one open() would make.
+    old_mask = os.umask(0o027)
+    try:
+        atomic._umask.cache_clear()
+        fresh = tmp_path / "metrics.json"
+        atomic.write_atomically(fresh, lambda handle: handle.write(b"{}"))
+        assert fresh.stat().st_mode & 0o777 == 0o640
+        kept = tmp_path / "shared.npz"
+        kept.write_bytes(b"old")
+        kept.chmod(0o664)
+        atomic.write_atomically(kept, lambda handle: handle.write(b"new"))
+        assert kept.stat().st_mode & 0o777 == 0o664 and kept.read_bytes() == b"new"
+    finally:
+        os.umask(old_mask)
+        atomic._umask.cache_clear()
+
+
 def test_every_failure_names_the_users_path_and_removes_the_temporary(tmp_path: Path) -> None:
     def full_disk(handle) -> None:
         handle.write(b"x" * 1000)

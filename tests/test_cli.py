@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -338,7 +339,8 @@ def test_large_batch_options_and_files(tmp_path: Path) -> None:
 
 def test_divergence_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     flags = ["train", "--data", "xor", "--rows", "200", "--optimizer", "sgd", "--lr", "1e30", "--device", "numpy"]
-    with np.errstate(all="ignore"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # NumPy's overflow warnings would bury the one line that matters
         status = main([*flags, "--epochs", "2", "--out", str(tmp_path)])
     assert status == ExitStatus.DIVERGED == 1
     assert "Loss became" in capsys.readouterr().err

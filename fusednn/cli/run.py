@@ -262,7 +262,7 @@ def _train(run: _Run, args: argparse.Namespace) -> int:
             report = _report(run, history, seconds, record)
             out_files.write_metrics(outputs.metrics, report)
             out_files.write_curves(outputs.curves, history)
-    except nn.NonFiniteLossError as error:  # NonFiniteError at merge
+    except nn.NonFiniteError as error:  # a diverged loss or non-finite weights: nothing bad was saved
         print(f"fusednn train: error: {error}", file=sys.stderr)
         return int(ExitStatus.DIVERGED)
     except KeyboardInterrupt:
@@ -292,6 +292,9 @@ def _fit(run: _Run, remaining: int, extra: dict[str, Any], history: dict[str, li
         failing_as(ExitStatus.OUTPUT, OSError),
         failing_as(ExitStatus.DATA, ValueError, TypeError),
         failing_as(ExitStatus.MEMORY, MemoryError, context="out of memory in training"),
+        # A diverging run overflows in NumPy's GEMMs first; fit reports that in one line (exit 1),
+        # so NumPy's per-operation warnings would only bury it.
+        np.errstate(over="ignore", invalid="ignore"),
     ):
         result = nn.fit(
             run.model,

@@ -25,9 +25,11 @@ from another host, whose processes this one cannot see.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import re
 import socket
+import stat
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -67,6 +69,7 @@ def write_atomically(path: str | os.PathLike, write: Callable[[IO[bytes]], objec
         raise naming(path, error) from None
     try:
         with handle:
+            os.fchmod(handle.fileno(), _mode_for(path))
             write(handle)
             handle.flush()
             os.fsync(handle.fileno())
@@ -79,6 +82,26 @@ def write_atomically(path: str | os.PathLike, write: Callable[[IO[bytes]], objec
         raise
     _fsync_directory(directory)
     remove_orphaned_temporaries(path)
+
+
+def _mode_for(path: Path) -> int:
+    """The permissions the new file gets: those of the file it replaces, else what ``open`` would give.
+
+    ``NamedTemporaryFile`` creates its file 0600, private to its owner, where a plain
+    ``open(path, "w")`` honours the umask (0644 under the usual 022).
+    """
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except OSError:
+        return 0o666 & ~_umask()
+
+
+@functools.cache
+def _umask() -> int:
+    # Reading the umask means setting it; done once, so no other thread can see the brief 0 twice.
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def check_can_write(path: str | os.PathLike) -> None:

@@ -327,7 +327,7 @@ def _validation(
     if validation_data is not None and validation_split is not None:
         raise ValueError("Pass either validation_data or validation_split, not both")
     if validation_split is not None:
-        x_train, y_train, x_val, y_val = train_val_split(x, y, validation_split, seed=seed)
+        x_train, y_train, x_val, y_val = train_val_split(x, y, validation_split, seed=seed, name="validation_split")
         return x_train, y_train, (x_val, y_val)
     if validation_data is not None:
         if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
