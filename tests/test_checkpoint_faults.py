@@ -23,6 +23,7 @@ import sys
 import textwrap
 import time
 import traceback
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -41,8 +42,15 @@ def temporaries(directory: Path) -> list[str]:
 
 
 def fork(child) -> int:
-    """Run ``child()`` in a forked process that exits with its return value (1 on an exception)."""
-    pid = os.fork()
+    """Run ``child()`` in a forked process that exits with its return value (1 on an exception).
+
+    Fork, not spawn: a fresh interpreter per kill would cost seconds. Python warns when it forks a
+    process with other threads (JAX's, once a benchmark test has imported it): the child only saves
+    with NumPy and leaves through ``os._exit``, touching no lock those threads could hold.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", r"os\.fork\(\) was called", RuntimeWarning)
+        pid = os.fork()
     if pid == 0:  # pragma: no cover - the child
         status = 1
         try:
