@@ -119,6 +119,7 @@ def test_stratified_split_keeps_proportions() -> None:
         (np.zeros((1, 1)), np.zeros(1), {}, "at least 2 samples"),
         (np.zeros((4, 1)), np.zeros((4, 2)), {"stratify": True}, "1-D class labels"),
         (np.zeros((2, 1)), np.array([0, 1]), {"stratify": True}, "leaves the held-out part empty"),
+        (np.zeros((4, 1)), np.zeros(4), {"seed": -1}, "seed must be a non-negative integer or None, got -1"),
     ],
 )
 def test_split_errors(x, y, kwargs, match) -> None:
@@ -409,3 +410,9 @@ def test_scaler_state_is_checked_before_it_is_used(state, match: str) -> None:
         scaler.load_state_dict(state)
     np.testing.assert_array_equal(scaler.transform(np.array([[1.0]])), [[-1.0]])  # left as it was
     assert scaler.n_features_in_ == 1
+
+
+@pytest.mark.parametrize("make", [lambda: data.xor(seed=-1), lambda: data.synthetic(rows=8, seed=-1)])
+def test_generated_data_sets_name_a_bad_seed(make) -> None:
+    with pytest.raises(ValueError, match="seed must be a non-negative integer or None, got -1"):
+        make()

@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from ..validation import check_seed
 from . import files
 
 BUILTIN_DATASETS: tuple[str, ...] = ("digits", "xor", "synthetic")
@@ -76,7 +77,7 @@ def xor(rows: int = 1000, seed: int = 0, noise: float = 0.0) -> Dataset:
     ``noise`` adds Gaussian jitter of that standard deviation to the points after labelling.
     """
     _check_positive(rows=rows)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(check_seed(seed))
     x = rng.random((rows, 2))
     y = ((x[:, 0] > 0.5) ^ (x[:, 1] > 0.5)).astype(np.int64)
     if noise:
@@ -107,6 +108,7 @@ def synthetic(
         raise ValueError(f"classes must be at least 2, got {classes}")
     if not 0.0 <= label_noise <= 1.0:
         raise ValueError(f"label_noise must lie in [0, 1], got {label_noise}")
+    seed = check_seed(seed)
     teacher = np.random.default_rng([seed, features, classes, hidden])
     w1 = (teacher.standard_normal((features, hidden)) / np.sqrt(features)).astype(np.float32)
     w2 = (teacher.standard_normal((hidden, classes)) * (3.0 / np.sqrt(hidden))).astype(np.float32)

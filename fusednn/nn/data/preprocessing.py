@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from ..validation import check_seed
+
 
 def _as_matrix(x: Any, name: str = "x") -> np.ndarray:
     x = np.asarray(x)
@@ -209,7 +211,7 @@ def train_val_split(
     n = x.shape[0]
     if n < 2:
         raise ValueError(f"{name}={val_fraction}: need at least 2 samples to split, got {n}")
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(check_seed(seed))
     if stratify:
         if y.ndim != 1:
             raise ValueError(f"stratify=True needs 1-D class labels, got y of shape {y.shape}")
