@@ -108,7 +108,7 @@ def synthetic(
         raise ValueError(f"classes must be at least 2, got {classes}")
     if not 0.0 <= label_noise <= 1.0:
         raise ValueError(f"label_noise must lie in [0, 1], got {label_noise}")
-    seed = check_seed(seed)
+    check_seed(seed)
     teacher = np.random.default_rng([seed, features, classes, hidden])
     w1 = (teacher.standard_normal((features, hidden)) / np.sqrt(features)).astype(np.float32)
     w2 = (teacher.standard_normal((hidden, classes)) * (3.0 / np.sqrt(hidden))).astype(np.float32)
