@@ -323,6 +323,17 @@ def test_task_regression_trains_on_whole_number_targets(tmp_path: Path, capsys: 
     assert nn.load(tmp_path / "regression" / "checkpoint.npz", device="numpy").model.out_features == 1
 
 
+def test_an_empty_stratum_of_auto_classes_suggests_task_regression(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    rng = np.random.default_rng(0)
+    # 80 rows of whole-number prices from 0 to 59: auto takes them for 60 classes, too few rows each to split.
+    data = _table(tmp_path, "prices.csv", np.column_stack([rng.random((80, 3)), rng.integers(0, 60, 80)]))
+    assert main(["train", "--data", data, "--device", "numpy", "--out", str(tmp_path / "out")]) == ExitStatus.DATA
+    line = one_error_line(capsys)
+    assert "leaves the held-out part empty" in line and line.endswith("pass --task regression if they are quantities)")
+
+
 def test_large_batch_options_and_files(tmp_path: Path) -> None:
     table = np.column_stack([np.random.default_rng(0).normal(size=(300, 3)), np.arange(300) % 3])
     np.savetxt(tmp_path / "data.csv", table, delimiter=",", header="a,b,c,label", comments="")

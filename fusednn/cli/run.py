@@ -164,13 +164,30 @@ def _model_and_state(
 
 def _splits(dataset: Dataset, settings: argparse.Namespace) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     stratify = dataset.num_classes is not None
-    x_rest, y_rest, x_test, y_test = train_val_split(
-        dataset.x, dataset.y, settings.test_split, settings.seed, stratify, name="--test-split"
-    )
-    x_train, y_train, x_val, y_val = train_val_split(
-        x_rest, y_rest, settings.val_split, settings.seed + 1, stratify, name="--val-split"
-    )
+    try:
+        x_rest, y_rest, x_test, y_test = train_val_split(
+            dataset.x, dataset.y, settings.test_split, settings.seed, stratify, name="--test-split"
+        )
+        x_train, y_train, x_val, y_val = train_val_split(
+            x_rest, y_rest, settings.val_split, settings.seed + 1, stratify, name="--val-split"
+        )
+    except ValueError as error:
+        # Whole-number quantities taken for many small classes are the usual cause of an empty stratum.
+        hint = _regression_hint(dataset, settings)
+        if not hint:
+            raise
+        raise ValueError(f"{error} (--task auto: {dataset.task_reason}{hint})") from None
     return {"train": (x_train, y_train), "val": (x_val, y_val), "test": (x_test, y_test)}
+
+
+def _regression_hint(dataset: Dataset, settings: argparse.Namespace) -> str:
+    """Advice for a file's labels that ``--task auto`` took for classes: they may be quantities."""
+    auto_classes = settings.task == "auto" and dataset.num_classes is not None
+    return (
+        "; pass --task regression if they are quantities"
+        if auto_classes and dataset.name not in BUILTIN_DATASETS
+        else ""
+    )
 
 
 def _check_model_fits(model: Any, dataset: Dataset, n_out: int, where: str) -> None:
@@ -212,9 +229,7 @@ def _banner(run: _Run) -> str:
     else:
         task = f"regression of {1 if dataset.y.ndim == 1 else dataset.y.shape[1]} target(s)"
     if settings.task == "auto":
-        from_file = dataset.name not in BUILTIN_DATASETS
-        hint = "; pass --task regression if they are quantities" if dataset.num_classes and from_file else ""
-        task += f" (--task auto: {dataset.task_reason}{hint})"
+        task += f" (--task auto: {dataset.task_reason}{_regression_hint(dataset, settings)})"
     else:
         task += f" (--task {settings.task})"
     scaling = "unscaled" if run.scaler is None else f"{settings.scale} scaling"
