@@ -22,7 +22,7 @@ _JIT: JitOptions = {"cache": True, "error_model": "numpy"}
 
 
 @njit(inline="always", **_JIT)
-def _sgd_body(
+def sgd_body(
     param,
     grad,
     buf,
@@ -33,6 +33,7 @@ def _sgd_body(
     weight_decay,
     first_step,
 ):
+    """Inlined body of :func:`sgd`, shared with the epoch kernel."""
     for i in range(param.shape[0]):
         g = grad[i]
         if weight_decay != 0:
@@ -45,7 +46,7 @@ def _sgd_body(
 
 
 @njit(inline="always", **_JIT)
-def _rmsprop_body(
+def rmsprop_body(
     param,
     grad,
     square_avg,
@@ -59,6 +60,7 @@ def _rmsprop_body(
     momentum,
     centered,
 ):
+    """Inlined body of :func:`rmsprop`, shared with the epoch kernel."""
     for i in range(param.shape[0]):
         g = grad[i]
         if weight_decay != 0:
@@ -80,7 +82,7 @@ def _rmsprop_body(
 
 
 @njit(inline="always", **_JIT)
-def _adam_body(
+def adam_body(
     param,
     grad,
     exp_avg,
@@ -95,6 +97,7 @@ def _adam_body(
     step_size,
     bias_correction2_sqrt,
 ):
+    """Inlined body of :func:`adam`, shared with the epoch kernel."""
     for i in range(param.shape[0]):
         g = grad[i]
         if weight_decay != 0:
@@ -123,7 +126,7 @@ def sgd(
     first_step,
 ):
     """One SGD step over flat buffers, serial."""
-    _sgd_body(
+    sgd_body(
         param,
         grad,
         momentum_buffer,
@@ -153,7 +156,7 @@ def sgd_parallel(
     for c in numba.prange(n_chunks):
         s, e = chunk_bounds(param.shape[0], n_chunks, c)
         buf = momentum_buffer[s:e]  # an unused, empty buffer slices to empty
-        _sgd_body(
+        sgd_body(
             param[s:e],
             grad[s:e],
             buf,
@@ -182,7 +185,7 @@ def rmsprop(
     centered,
 ):
     """One RMSprop step over flat buffers, serial."""
-    _rmsprop_body(
+    rmsprop_body(
         param,
         grad,
         square_avg,
@@ -217,7 +220,7 @@ def rmsprop_parallel(
     """:func:`rmsprop` over ``n_chunks`` blocks on Numba's threads."""
     for c in numba.prange(n_chunks):
         s, e = chunk_bounds(param.shape[0], n_chunks, c)
-        _rmsprop_body(
+        rmsprop_body(
             param[s:e],
             grad[s:e],
             square_avg[s:e],
@@ -250,7 +253,7 @@ def adam(
     bias_correction2_sqrt,
 ):
     """One Adam step over flat buffers, serial."""
-    _adam_body(
+    adam_body(
         param,
         grad,
         exp_avg,
@@ -287,7 +290,7 @@ def adam_parallel(
     """:func:`adam` over ``n_chunks`` blocks on Numba's threads."""
     for c in numba.prange(n_chunks):
         s, e = chunk_bounds(param.shape[0], n_chunks, c)
-        _adam_body(
+        adam_body(
             param[s:e],
             grad[s:e],
             exp_avg[s:e],
