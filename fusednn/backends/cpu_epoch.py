@@ -21,13 +21,12 @@ from .epoch_plan import EpochPlan
 
 Array = Any
 
-LOOP_GEMM_MAX = 512
+LOOP_GEMM_MAX = 1024
 """Products of at most this many multiply-adds (``rows * inner * cols``) run as loops, larger ones in BLAS.
 
-Measured on the 2-core development VM inside the epoch kernel (float32, µs per call of
-``np.dot`` vs the loop): BLAS costs about 0.3 µs however small the product, which the
-loop beats up to a few hundred multiply-adds (xor 2-3-2 at batch 4: 24 per GEMM). From
-digits' first layer (32 x 64 x 128) up, BLAS wins by far.
+Measured on the 2-core development VM inside the epoch kernel (float32, µs for the three GEMMs of
+one layer's step, BLAS vs loops): 24 (xor's 4x2x3): 0.72 vs 0.33; 512 (16x2x16): 1.25 vs 0.95;
+2,048 (8x16x16): 0.88 vs 2.05; 16,384: 1.50 vs 12.7; digits' 32x64x128: 14.1 vs 162.
 """
 
 _ROW_COUNT = len(kernel.LAYER_COLUMNS)

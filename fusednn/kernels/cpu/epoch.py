@@ -25,7 +25,7 @@ import numpy as np
 from numba import njit
 
 from .common import JitOptions, like
-from .dense import bias_activation_rows, grad_bias_rows
+from .dense import activation_grad_bias, bias_activation
 from .losses import label_row, probability_row
 from .optim import adam, rmsprop, sgd
 
@@ -276,9 +276,7 @@ def train_epoch(
             y = _matrix(workspace, layers[layer, OUTPUT], rows, n_out)
             W = _matrix(params, layers[layer, WEIGHT], n_in, n_out)
             _gemm(h, W, z, loop_gemm_max)
-            bias_activation_rows(
-                layers[layer, ACTIVATION], z, params[layers[layer, BIAS] : layers[layer, BIAS] + n_out], y
-            )
+            bias_activation(layers[layer, ACTIVATION], z, params[layers[layer, BIAS] : layers[layer, BIAS] + n_out], y)
         out = _matrix(workspace, layers[last, OUTPUT], rows, layers[last, OUT])
         dout = _matrix(workspace, layers[last, OUTPUT_GRAD], rows, layers[last, OUT])
         if loss_code == CATEGORICAL_CROSSENTROPY:
@@ -299,7 +297,7 @@ def train_epoch(
             dz = _matrix(workspace, layers[layer, OUTPUT_GRAD], rows, n_out)
             W = _matrix(params, layers[layer, WEIGHT], n_in, n_out)
             dW = _matrix(grads, layers[layer, WEIGHT], n_in, n_out)
-            grad_bias_rows(
+            activation_grad_bias(
                 layers[layer, ACTIVATION], dz, z, y, dz, grads[layers[layer, BIAS] : layers[layer, BIAS] + n_out]
             )
             _gemm_tn(h, dz, dW, loop_gemm_max)
