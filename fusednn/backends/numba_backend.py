@@ -6,6 +6,10 @@ cross-entropy, the optimizer steps) and inherits the rest from the NumPy
 reference in :class:`~fusednn.backends.base.Backend`. GEMMs go to the BLAS
 that NumPy links (``np.matmul`` with ``out=``, called from Python).
 
+``fit`` trains stacks of dense layers with one Numba call per epoch instead
+(:meth:`NumbaBackend.epoch_trainer`, :mod:`fusednn.backends.cpu_epoch`): the whole
+step, GEMMs included (BLAS through SciPy, loops at tiny shapes), runs compiled.
+
 Kernels compile on first use (about a second each, per dtype) and are cached
 on disk next to their sources, or under ``$NUMBA_CACHE_DIR``; nothing
 compiles when this module is imported.

@@ -19,6 +19,13 @@ Design choices, each so that one code path serves every device:
   so a rate that is NaN, infinite or negative stops the run before it touches the weights.
 * Training metrics are computed, as Keras does, on the outputs seen during the
   epoch (kept in a device buffer and read once); validation metrics on a full pass.
+* Where the backend can, a whole epoch runs as one compiled call: ``fit`` describes
+  the model, loss and optimizer as an :class:`~fusednn.backends.epoch_plan.EpochPlan`
+  (:mod:`fusednn.nn.compiled`) and asks :meth:`~fusednn.backends.Backend.epoch_trainer`
+  for a trainer, which takes the same permutation, rates and buffers as the per-step
+  loop and fills the same step-loss vector, so everything after the epoch is shared.
+  Without a trainer (another backend, a layer, loss or optimizer with no compiled
+  form) each step runs from Python. ``History.params["epoch_path"]`` says which ran.
 """
 
 from __future__ import annotations

@@ -7,7 +7,10 @@ width. Per step it gathers the batch from the epoch's row order, runs the forwar
 pass, the loss and its gradient, the backward pass with the L1/L2 gradients, the
 gradient accumulation and the optimizer update, and stores the step's loss (and,
 when asked, the outputs) in the caller's buffers. The maths is that of the per-step
-kernels, whose inlined bodies it calls (:mod:`.dense`, :mod:`.losses`, :mod:`.optim`).
+kernels: it calls the serial dense and optimizer kernels (:mod:`.dense`, :mod:`.optim`),
+whose loops specialise the cheap activations so that they vectorise (a generic ReLU loop
+cost digits 70 µs a step in mispredicted branches), and inlines the cross-entropy rows
+of :mod:`.losses`.
 
 GEMMs go to BLAS (``np.dot`` with an output, through SciPy's BLAS) except at tiny
 shapes, where a BLAS call costs more than the arithmetic: a product of at most
