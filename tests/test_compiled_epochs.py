@@ -14,7 +14,7 @@ import pytest
 
 import fusednn
 from fusednn import nn
-from fusednn.backends import ACTIVATIONS
+from fusednn.backends import ACTIVATIONS, cpu_epoch
 from fusednn.backends.epoch_plan import EpochPlan, LayerPlan, OptimizerPlan
 from fusednn.nn import schedules
 from fusednn.nn.compiled import epoch_plan
@@ -106,6 +106,15 @@ def test_compiled_epochs_match_the_reference(loss: str, target: str, optimizer: 
 def test_compiled_epochs_follow_the_loop_options(options: dict) -> None:
     options = {"l1": 1e-3, "l2": 1e-2, "optimizer": "adam", **options}
     runs = [_train(device, "regression", "mse", **options) for device in ("cpu", "numpy")]
+    _assert_same_training(*runs, FLOAT64_RUN)
+
+
+@pytest.mark.parametrize("loop_gemm_max", [0, 10**9], ids=["blas", "loops"])
+def test_blas_and_loop_gemms_give_the_reference_numbers(monkeypatch: pytest.MonkeyPatch, loop_gemm_max: int) -> None:
+    # The small models above fall under the loop threshold; this runs every GEMM one way or the other.
+    monkeypatch.setattr(cpu_epoch, "LOOP_GEMM_MAX", loop_gemm_max)
+    options = {"optimizer": "adam", "l2": 1e-2, "accumulate": 2}
+    runs = [_train(device, "labels", "categorical_crossentropy", **options) for device in ("cpu", "numpy")]
     _assert_same_training(*runs, FLOAT64_RUN)
 
 
