@@ -195,3 +195,13 @@ def test_a_diverging_compiled_epoch_is_reported_like_a_stepped_one() -> None:
         messages.append(str(caught.value))
         assert (caught.value.epoch, caught.value.step, model.epochs_trained) == (1, 3, 0)
     assert messages[0] == messages[1]
+
+
+@pytest.mark.parametrize("loss", ["binary_crossentropy", "mse"])
+def test_one_output_takes_a_target_vector(loss: str) -> None:
+    y = TARGETS["binary"][:, 0] if loss == "binary_crossentropy" else TARGETS["regression"][:, 0]
+    runs = []
+    for device in ("cpu", "numpy"):
+        model = nn.MLP([IN, 5, 1], device=device, dtype="float64", seed=0)
+        runs.append((model, nn.fit(model, X, y, loss=loss, epochs=2, batch_size=8, metrics=["mae"], progress=False)))
+    _assert_same_training(*runs, FLOAT64_RUN)
