@@ -22,8 +22,7 @@ _JIT: JitOptions = {"cache": True, "error_model": "numpy"}
 
 
 @njit(inline="always", **_JIT)
-def bias_activation_rows(code: int, z: np.ndarray, b: np.ndarray, y: np.ndarray) -> None:
-    """``z += b``, ``y = act(z)`` with the code as given: one loop for every activation (no vectorising branch)."""
+def _bias_activation_rows(code: int, z: np.ndarray, b: np.ndarray, y: np.ndarray) -> None:
     for i in range(z.shape[0]):
         for j in range(z.shape[1]):
             v = z[i, j] + b[j]
@@ -32,22 +31,20 @@ def bias_activation_rows(code: int, z: np.ndarray, b: np.ndarray, y: np.ndarray)
 
 
 @njit(inline="always", **_JIT)
-def bias_activation_body(code: int, z: np.ndarray, b: np.ndarray, y: np.ndarray) -> None:
-    """Inlined body of :func:`bias_activation`, shared with the epoch kernel."""
+def _bias_activation_body(code: int, z: np.ndarray, b: np.ndarray, y: np.ndarray) -> None:
     # Constant codes for the cheap activations, so LLVM vectorises their loops (see activations.SPECIALISED).
     if code == RELU:
-        bias_activation_rows(RELU, z, b, y)
+        _bias_activation_rows(RELU, z, b, y)
     elif code == LEAKY_RELU:
-        bias_activation_rows(LEAKY_RELU, z, b, y)
+        _bias_activation_rows(LEAKY_RELU, z, b, y)
     elif code == IDENTITY:
-        bias_activation_rows(IDENTITY, z, b, y)
+        _bias_activation_rows(IDENTITY, z, b, y)
     else:
-        bias_activation_rows(code, z, b, y)
+        _bias_activation_rows(code, z, b, y)
 
 
 @njit(inline="always", **_JIT)
-def grad_bias_rows(code: int, dy: np.ndarray, z: np.ndarray, y: np.ndarray, dz: np.ndarray, db: np.ndarray) -> None:
-    """``dz = dy * act'(z, y)``, ``db = sum_rows dz`` with the code as given; ``dz`` may be ``dy``."""
+def _grad_bias_rows(code: int, dy: np.ndarray, z: np.ndarray, y: np.ndarray, dz: np.ndarray, db: np.ndarray) -> None:
     # Accumulate row by row so the inner loop over columns vectorises (and the
     # summation order matches NumPy's sum over axis 0).
     db[:] = 0
@@ -59,24 +56,21 @@ def grad_bias_rows(code: int, dy: np.ndarray, z: np.ndarray, y: np.ndarray, dz: 
 
 
 @njit(inline="always", **_JIT)
-def activation_grad_bias_body(
-    code: int, dy: np.ndarray, z: np.ndarray, y: np.ndarray, dz: np.ndarray, db: np.ndarray
-) -> None:
-    """Inlined body of :func:`activation_grad_bias`; ``dz`` may be ``dy`` itself."""
+def _grad_bias_body(code: int, dy: np.ndarray, z: np.ndarray, y: np.ndarray, dz: np.ndarray, db: np.ndarray) -> None:
     if code == RELU:
-        grad_bias_rows(RELU, dy, z, y, dz, db)
+        _grad_bias_rows(RELU, dy, z, y, dz, db)
     elif code == LEAKY_RELU:
-        grad_bias_rows(LEAKY_RELU, dy, z, y, dz, db)
+        _grad_bias_rows(LEAKY_RELU, dy, z, y, dz, db)
     elif code == IDENTITY:
-        grad_bias_rows(IDENTITY, dy, z, y, dz, db)
+        _grad_bias_rows(IDENTITY, dy, z, y, dz, db)
     else:
-        grad_bias_rows(code, dy, z, y, dz, db)
+        _grad_bias_rows(code, dy, z, y, dz, db)
 
 
 @njit(**_JIT)
 def bias_activation(code: int, z: np.ndarray, b: np.ndarray, y: np.ndarray) -> None:
     """In place ``z += b`` then ``y = act(z)``; ``y`` may be ``z`` itself (identity). Serial."""
-    bias_activation_body(code, z, b, y)
+    _bias_activation_body(code, z, b, y)
 
 
 @njit(parallel=True, **_JIT)
@@ -84,7 +78,7 @@ def bias_activation_parallel(code: int, z: np.ndarray, b: np.ndarray, y: np.ndar
     """:func:`bias_activation` over ``n_chunks`` row blocks on Numba's threads."""
     for c in numba.prange(n_chunks):
         start, stop = chunk_bounds(z.shape[0], n_chunks, c)
-        bias_activation_body(code, z[start:stop], b, y[start:stop])
+        _bias_activation_body(code, z[start:stop], b, y[start:stop])
 
 
 @njit(**_JIT)
@@ -97,7 +91,7 @@ def activation_grad_bias(
     db: np.ndarray,
 ) -> None:
     """``dz = dy * act'(z, y)`` and ``db = dz.sum(axis=0)`` (``db`` overwritten) in one serial pass."""
-    activation_grad_bias_body(code, dy, z, y, dz, db)
+    _grad_bias_body(code, dy, z, y, dz, db)
 
 
 @njit(parallel=True, **_JIT)
@@ -114,7 +108,7 @@ def activation_grad_bias_parallel(
     partial = np.empty((n_chunks, db.shape[0]), dtype=db.dtype)
     for c in numba.prange(n_chunks):
         start, stop = chunk_bounds(dy.shape[0], n_chunks, c)
-        activation_grad_bias_body(
+        _grad_bias_body(
             code,
             dy[start:stop],
             z[start:stop],

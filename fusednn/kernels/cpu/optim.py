@@ -22,7 +22,7 @@ _JIT: JitOptions = {"cache": True, "error_model": "numpy"}
 
 
 @njit(inline="always", **_JIT)
-def sgd_body(
+def _sgd_body(
     param,
     grad,
     buf,
@@ -33,7 +33,6 @@ def sgd_body(
     weight_decay,
     first_step,
 ):
-    """Inlined body of :func:`sgd`, shared with the epoch kernel."""
     for i in range(param.shape[0]):
         g = grad[i]
         if weight_decay != 0:
@@ -46,7 +45,7 @@ def sgd_body(
 
 
 @njit(inline="always", **_JIT)
-def rmsprop_body(
+def _rmsprop_body(
     param,
     grad,
     square_avg,
@@ -60,7 +59,6 @@ def rmsprop_body(
     momentum,
     centered,
 ):
-    """Inlined body of :func:`rmsprop`, shared with the epoch kernel."""
     for i in range(param.shape[0]):
         g = grad[i]
         if weight_decay != 0:
@@ -82,7 +80,7 @@ def rmsprop_body(
 
 
 @njit(inline="always", **_JIT)
-def adam_body(
+def _adam_body(
     param,
     grad,
     exp_avg,
@@ -97,7 +95,6 @@ def adam_body(
     step_size,
     bias_correction2_sqrt,
 ):
-    """Inlined body of :func:`adam`, shared with the epoch kernel."""
     for i in range(param.shape[0]):
         g = grad[i]
         if weight_decay != 0:
@@ -126,7 +123,7 @@ def sgd(
     first_step,
 ):
     """One SGD step over flat buffers, serial."""
-    sgd_body(
+    _sgd_body(
         param,
         grad,
         momentum_buffer,
@@ -156,7 +153,7 @@ def sgd_parallel(
     for c in numba.prange(n_chunks):
         s, e = chunk_bounds(param.shape[0], n_chunks, c)
         buf = momentum_buffer[s:e]  # an unused, empty buffer slices to empty
-        sgd_body(
+        _sgd_body(
             param[s:e],
             grad[s:e],
             buf,
@@ -185,7 +182,7 @@ def rmsprop(
     centered,
 ):
     """One RMSprop step over flat buffers, serial."""
-    rmsprop_body(
+    _rmsprop_body(
         param,
         grad,
         square_avg,
@@ -220,7 +217,7 @@ def rmsprop_parallel(
     """:func:`rmsprop` over ``n_chunks`` blocks on Numba's threads."""
     for c in numba.prange(n_chunks):
         s, e = chunk_bounds(param.shape[0], n_chunks, c)
-        rmsprop_body(
+        _rmsprop_body(
             param[s:e],
             grad[s:e],
             square_avg[s:e],
@@ -253,7 +250,7 @@ def adam(
     bias_correction2_sqrt,
 ):
     """One Adam step over flat buffers, serial."""
-    adam_body(
+    _adam_body(
         param,
         grad,
         exp_avg,
@@ -290,7 +287,7 @@ def adam_parallel(
     """:func:`adam` over ``n_chunks`` blocks on Numba's threads."""
     for c in numba.prange(n_chunks):
         s, e = chunk_bounds(param.shape[0], n_chunks, c)
-        adam_body(
+        _adam_body(
             param[s:e],
             grad[s:e],
             exp_avg[s:e],
