@@ -48,8 +48,6 @@ LOSS_CODES = {"mse": MSE, "mae": MAE, "binary_crossentropy": BINARY_CROSSENTROPY
 """Loss codes by loss name (categorical cross-entropy is :data:`CATEGORICAL_CROSSENTROPY`)."""
 
 SGD, RMSPROP, ADAM = range(3)
-OPTIMIZER_CODES = {"sgd": SGD, "rmsprop": RMSPROP, "adam": ADAM}
-"""Optimizer codes by lower-case optimizer name."""
 
 
 @njit(**_JIT)
@@ -300,6 +298,7 @@ def train_epoch(
             dz = _matrix(workspace, layers[layer, OUTPUT_GRAD], rows, n_out)
             W = _matrix(params, layers[layer, WEIGHT], n_in, n_out)
             dW = _matrix(grads, layers[layer, WEIGHT], n_in, n_out)
+            # dz overwrites the output gradient in place: each element is read before it is written.
             activation_grad_bias(
                 layers[layer, ACTIVATION], dz, z, y, dz, grads[layers[layer, BIAS] : layers[layer, BIAS] + n_out]
             )
