@@ -40,6 +40,7 @@ from ..kernels.activation_codes import (
 )
 from .device import Device
 from .dtypes import FLOAT_DTYPES, resolve_dtype
+from .epoch_plan import EpochPlan, EpochTrainer
 
 Array = Any
 """A NumPy or CuPy array, depending on the backend."""
@@ -269,6 +270,14 @@ class Backend:
         isfinite = self.xp.isfinite
         for i, array in enumerate(arrays):
             out[i] = (isfinite(array.min()) & isfinite(array.max())) if array.size else True
+
+    def epoch_trainer(self, plan: EpochPlan) -> EpochTrainer | None:
+        """A callable that trains one whole epoch of ``plan`` in one compiled call, or ``None``.
+
+        ``None`` (the reference's answer, and any backend's for a plan it cannot compile)
+        means: run the epoch step by step through the other methods, which is always correct.
+        """
+        return None
 
     def check(self, x: Any, name: str = "array") -> Array:
         """Check that ``x`` is a float32/float64 array of this backend and return it.

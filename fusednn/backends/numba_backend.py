@@ -6,6 +6,10 @@ cross-entropy, the optimizer steps) and inherits the rest from the NumPy
 reference in :class:`~fusednn.backends.base.Backend`. GEMMs go to the BLAS
 that NumPy links (``np.matmul`` with ``out=``, called from Python).
 
+``fit`` trains stacks of dense layers with one Numba call per epoch instead
+(:meth:`NumbaBackend.epoch_trainer`, :mod:`fusednn.backends.cpu_epoch`): the whole
+step, GEMMs included (BLAS through SciPy, loops at tiny shapes), runs compiled.
+
 Kernels compile on first use (about a second each, per dtype) and are cached
 on disk next to their sources, or under ``$NUMBA_CACHE_DIR``; nothing
 compiles when this module is imported.
@@ -39,7 +43,9 @@ from scipy.special import erf
 from ..kernels.activation_codes import ACTIVATION_CODES
 from ..kernels.cpu import activations, dense, losses, optim
 from .base import Array, Backend, adam_scalars, check_activation
+from .cpu_epoch import compile_plan
 from .device import Device
+from .epoch_plan import EpochPlan, EpochTrainer
 
 if "NUMBA_THREADING_LAYER" not in os.environ:
     # numba.config sets its options through globals() as it reads the environment: no checker can see them.
@@ -88,6 +94,14 @@ class NumbaBackend(Backend):
             if n_chunks > 1:
                 return parallel(*args, n_chunks)
         return serial(*args)
+
+    # ---------------------------------------------------------- whole epochs
+
+    def epoch_trainer(self, plan: EpochPlan) -> EpochTrainer | None:
+        """One Numba call per epoch (:mod:`fusednn.kernels.cpu.epoch`) for stacks of dense layers with any
+        activation, loss and optimizer fusednn offers; ``None`` for anything else (see :meth:`Backend.epoch_trainer`).
+        """
+        return compile_plan(plan)
 
     # ------------------------------------------------------------- activations
 

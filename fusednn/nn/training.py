@@ -19,6 +19,13 @@ Design choices, each so that one code path serves every device:
   so a rate that is NaN, infinite or negative stops the run before it touches the weights.
 * Training metrics are computed, as Keras does, on the outputs seen during the
   epoch (kept in a device buffer and read once); validation metrics on a full pass.
+* Where the backend can, a whole epoch runs as one compiled call: ``fit`` describes
+  the model, loss and optimizer as an :class:`~fusednn.backends.epoch_plan.EpochPlan`
+  (:mod:`fusednn.nn.compiled`) and asks :meth:`~fusednn.backends.Backend.epoch_trainer`
+  for a trainer, which takes the same permutation, rates and buffers as the per-step
+  loop and fills the same step-loss vector, so everything after the epoch is shared.
+  Without a trainer (another backend, a layer, loss or optimizer with no compiled
+  form) each step runs from Python. ``History.params["epoch_path"]`` says which ran.
 """
 
 from __future__ import annotations
@@ -34,9 +41,11 @@ from typing import Any, cast
 import numpy as np
 from tqdm.auto import tqdm
 
+from ..backends.epoch_plan import EpochTrainer
 from . import metrics as metrics_module
 from .callbacks import EarlyStopping, History, NonFiniteLossError, NonFiniteStateError
 from .checkpoint import EpochCheckpoints
+from .compiled import epoch_plan
 from .data import train_val_split
 from .losses import Loss, get_loss
 from .optim import Optimizer, get_optimizer
@@ -105,6 +114,8 @@ class _Data:
         else:
             self.y = backend.asarray(y, dtype=model.dtype)
         self.x = backend.asarray(x, dtype=model.dtype)
+        #: Whether the targets are class labels ``(N,)`` rather than rows.
+        self.labels = loss.task == "multiclass" and y.ndim == 1
 
 
 def _epoch_logs(
@@ -207,6 +218,8 @@ class _Loop:
     """Everything one epoch of training needs, fixed for a :func:`fit` call.
 
     ``on_disk`` says what the checkpoint file holds, for the messages of errors raised mid-run.
+    ``trainer``, when the backend offers one, runs each epoch in one compiled call
+    (:meth:`~fusednn.backends.Backend.epoch_trainer`); otherwise every step runs from Python.
     """
 
     model: Any
@@ -221,6 +234,7 @@ class _Loop:
     schedule_per_step: bool
     metric_list: list[metrics_module.Metric]
     on_disk: Callable[[], str] = _no_checkpoint
+    trainer: EpochTrainer | None = None
 
     def run_epoch(self, epoch: int, bar: Any) -> dict[str, float]:
         """Train one epoch; returns its logs. The loop's direct array arithmetic runs on the model's device."""
@@ -228,6 +242,8 @@ class _Loop:
             return self._run_epoch(epoch, bar)
 
     def _run_epoch(self, epoch: int, bar: Any) -> dict[str, float]:
+        if self.trainer is not None:
+            return self._run_compiled_epoch(epoch, bar, self.trainer)
         model, backend, data, batch = self.model, self.model.backend, self.data, self.batch_size
         params = model.parameters()
         steps = math.ceil(data.n / batch)
@@ -278,6 +294,25 @@ class _Loop:
             else:
                 self.optimizer.step()
             bar.update(1)
+        return self._epoch_end(epoch, steps, step_losses, outputs, order)
+
+    def _run_compiled_epoch(self, epoch: int, bar: Any, trainer: EpochTrainer) -> dict[str, float]:
+        """The epoch of :meth:`_run_epoch` in one call of the backend's trainer: same order, rates and buffers."""
+        model, data, opt = self.model, self.data, self.optimizer
+        steps = math.ceil(data.n / self.batch_size)
+        updates = math.ceil(steps / self.accumulate)
+        order = np.random.default_rng([self.seed, epoch]).permutation(data.n) if self.shuffle else None
+        step_losses = model.backend.zeros(steps + len(self._checked_buffers()), model.dtype)
+        outputs = model.backend.empty((data.n, model.out_features), model.dtype) if self.metric_list else None
+        rates = self._learning_rates(epoch, updates)
+        if rates is None:
+            per_update = [opt.lr] * updates
+        else:
+            per_update = rates if self.schedule_per_step else rates[:1] * updates
+        trainer(data.x, data.y, order, per_update, opt.step_count, step_losses, outputs)
+        opt.step_count += updates
+        opt.lr = per_update[-1]  # what the per-step loop leaves set: the last update's rate
+        bar.update(steps)
         return self._epoch_end(epoch, steps, step_losses, outputs, order)
 
     def _checked_buffers(self) -> dict[str, Array]:
@@ -399,6 +434,11 @@ def fit(
 
     Returns:
         A :class:`History` with one value per epoch of ``loss``, each metric, and their ``val_`` forms.
+        ``history.params["epoch_path"]`` says how the epochs ran: ``"compiled"``, each epoch one
+        compiled call of the backend (the ``"cpu"`` backend, for :class:`~fusednn.nn.Dense` stacks
+        with the built-in losses and optimizers), or ``"per-step"``, each step driven from Python
+        (the ``"numpy"`` and ``"cuda"`` backends, and any layer, loss or optimizer subclass of
+        your own). Both give the same numbers, to rounding.
 
     Raises:
         ValueError / TypeError: before training, bad arguments, named with what was expected, and
@@ -465,6 +505,8 @@ def fit(
     )
     if checkpoints is not None:
         loop.on_disk = checkpoints.on_disk
+    plan = epoch_plan(model, loss_fn, opt, batch_size, accumulate, train.labels)
+    loop.trainer = None if plan is None else model.backend.epoch_trainer(plan)
     first = int(model.epochs_trained)
     last = first + epochs
     history = History(
@@ -477,6 +519,7 @@ def fit(
             "samples": train.n,
             "seed": seed,
             "device": model.device,
+            "epoch_path": "per-step" if loop.trainer is None else "compiled",
         },
         optimizer=opt,
     )

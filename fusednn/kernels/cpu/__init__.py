@@ -11,8 +11,10 @@ kernel compiles on its first call and is cached on disk.
    Numba's cache checks only the source file of the function it caches. After
    editing :mod:`.activations` or :mod:`.common`, delete the ``__pycache__``
    (or ``$NUMBA_CACHE_DIR``) entries of the kernels that inline them
-   (:mod:`.dense`, :mod:`.optim`, ...), or they keep running the old code.
+   (:mod:`.dense`, :mod:`.optim`, ...), or they keep running the old code. The same holds
+   for :mod:`.epoch`, whose cached epoch kernel links in the dense, loss and optimizer
+   kernels: after editing any of those, delete its entries too.
 
 Modules: :mod:`.common` (dtype-preserving constants, chunk bounds), :mod:`.activations`,
-:mod:`.dense`, :mod:`.losses`, :mod:`.optim`.
+:mod:`.dense`, :mod:`.losses`, :mod:`.optim`, and :mod:`.epoch` (a whole training epoch in one call).
 """

@@ -46,7 +46,8 @@ def _sum_in_order(values: np.ndarray) -> float:
 
 
 @njit(inline="always", **_JIT)
-def _label_row(x: np.ndarray, label: int, grad: np.ndarray, n: float) -> float:
+def label_row(x: np.ndarray, label: int, grad: np.ndarray, n: float) -> float:
+    """Loss of one row of logits against class ``label``; writes ``(softmax - onehot) / n`` into ``grad``."""
     m, log_s = _log_normaliser(x)
     for j in range(x.shape[0]):
         grad[j] = math.exp((x[j] - m) - log_s) / n
@@ -55,7 +56,8 @@ def _label_row(x: np.ndarray, label: int, grad: np.ndarray, n: float) -> float:
 
 
 @njit(inline="always", **_JIT)
-def _probability_row(x: np.ndarray, t: np.ndarray, grad: np.ndarray, n: float) -> float:
+def probability_row(x: np.ndarray, t: np.ndarray, grad: np.ndarray, n: float) -> float:
+    """Loss of one row of logits against probabilities ``t``; writes ``(softmax * sum(t) - t) / n`` into ``grad``."""
     m, log_s = _log_normaliser(x)
     t_sum = t[0] - t[0]
     loss = 0.0
@@ -79,7 +81,7 @@ def cross_entropy_labels(logits: np.ndarray, labels: np.ndarray, grad: np.ndarra
     n = like(logits[0, 0], logits.shape[0])
     row_loss = np.empty(logits.shape[0])
     for i in range(logits.shape[0]):
-        row_loss[i] = _label_row(logits[i], labels[i], grad[i], n)
+        row_loss[i] = label_row(logits[i], labels[i], grad[i], n)
     return _sum_in_order(row_loss)
 
 
@@ -89,7 +91,7 @@ def cross_entropy_labels_parallel(logits: np.ndarray, labels: np.ndarray, grad: 
     n = like(logits[0, 0], logits.shape[0])
     row_loss = np.empty(logits.shape[0])
     for i in numba.prange(logits.shape[0]):
-        row_loss[i] = _label_row(logits[i], labels[i], grad[i], n)
+        row_loss[i] = label_row(logits[i], labels[i], grad[i], n)
     return _sum_in_order(row_loss)
 
 
@@ -99,7 +101,7 @@ def cross_entropy_probabilities(logits: np.ndarray, target: np.ndarray, grad: np
     n = like(logits[0, 0], logits.shape[0])
     row_loss = np.empty(logits.shape[0])
     for i in range(logits.shape[0]):
-        row_loss[i] = _probability_row(logits[i], target[i], grad[i], n)
+        row_loss[i] = probability_row(logits[i], target[i], grad[i], n)
     return _sum_in_order(row_loss)
 
 
@@ -109,5 +111,5 @@ def cross_entropy_probabilities_parallel(logits: np.ndarray, target: np.ndarray,
     n = like(logits[0, 0], logits.shape[0])
     row_loss = np.empty(logits.shape[0])
     for i in numba.prange(logits.shape[0]):
-        row_loss[i] = _probability_row(logits[i], target[i], grad[i], n)
+        row_loss[i] = probability_row(logits[i], target[i], grad[i], n)
     return _sum_in_order(row_loss)
