@@ -1,18 +1,24 @@
-"""Compare fusednn's training step with PyTorch, plain NumPy and JAX: ``python -m benchmarks.compare``.
+"""Compare fusednn's training with PyTorch, plain NumPy and JAX: ``python -m benchmarks.compare``.
 
-For each device and standard configuration (see :mod:`benchmarks.configs`) every peer
-runs in its own worker process (:mod:`benchmarks._worker`), so no two thread pools
-are busy in one process and every peer starts clean. Repeats alternate between the
-peers (round-robin, the starting peer rotating) so slow drifts of the machine hit all
-of them alike; each repeat times a block of steps and reports µs per step. The
-tables give the min and median over repeats, samples/s, fusednn's speed-up over each
-peer and the ratio to the GEMM bound measured in the same run. Cold-start figures
-(``import fusednn``; the first step with an empty and with a warm JIT cache) come
-from fresh processes.
+For each device, standard configuration (see :mod:`benchmarks.configs`) and mode, every
+peer runs in its own worker process (:mod:`benchmarks._worker`), so no two thread pools
+are busy in one process and every peer starts clean. Two modes (``--mode``, both by
+default): ``step`` times one training step on a fixed device-resident batch; ``fit``
+times whole epochs (1,000 steps, fewer for the largest configurations) over a
+device-resident data set in a seeded permutation per epoch, fusednn through ``nn.fit``
+itself and every other peer through the loop its users would write (see
+:mod:`benchmarks.peers`). Repeats alternate between the peers (round-robin, the starting
+peer rotating) so slow drifts of the machine hit all of them alike; each repeat times a
+block of steps (whole epochs in ``fit`` mode) and reports µs per step. The tables give the
+min and median over repeats, samples/s, fusednn's speed-up over each peer, the ratio to
+the GEMM bound measured in the same run, and issue 11's targets as pass/fail
+(:mod:`benchmarks.targets`). Cold-start figures (``import fusednn``; the first step and
+the first ``fit`` epoch with an empty and with a warm JIT cache) come from fresh processes.
 
 Examples::
 
     python -m benchmarks.compare --quick                       # cpu (and cuda when present), no "wide"
+    python -m benchmarks.compare --device cpu --mode fit --configs xor,digits
     python -m benchmarks.compare --device cuda --json cuda.json
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m benchmarks.compare   # figures for RESULTS.md
 """
@@ -31,9 +37,19 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .configs import CONFIGS, DEVICE_KINDS, select_configs
+from .configs import CONFIGS, DEVICE_KINDS, FIT_MAX_MB, FIT_STEPS, MODES, fit_epoch_steps, select_configs
 from .peers import PEERS, peers_for
-from .report import MISSING, cold_start_text, detail_table, summarize_times, summary_table
+from .report import (
+    MISSING,
+    cold_start_text,
+    detail_table,
+    mode_rows,
+    modes_in,
+    summarize_times,
+    summary_table,
+    targets_table,
+)
+from .targets import as_json, outcomes
 
 LOAD_WARNING = 0.5
 """A 1-minute load average above this at the start draws a warning: the machine is not quiet."""
@@ -112,6 +128,20 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def worker_args(
+    peer: str,
+    config: str,
+    device: str,
+    target_s: float,
+    mode: str = "step",
+    fit_steps: int = FIT_STEPS,
+    fit_max_mb: float = FIT_MAX_MB,
+) -> list[str]:
+    """The command line of a worker timing ``peer`` on ``config`` in ``mode``."""
+    args = ["--peer", peer, "--config", config, "--device", device, "--target-s", str(target_s), "--mode", mode]
+    return args + ["--fit-steps", str(fit_steps), "--fit-max-mb", str(fit_max_mb)]
+
+
 def time_config(
     config: str,
     device: str,
@@ -119,8 +149,11 @@ def time_config(
     repeats: int,
     target_s: float,
     settle_s: float,
+    mode: str = "step",
+    fit_steps: int = FIT_STEPS,
+    fit_max_mb: float = FIT_MAX_MB,
 ) -> list[dict[str, Any]]:
-    """Time every peer on one configuration, alternating between them over ``repeats`` rounds.
+    """Time every peer on one configuration in ``mode``, alternating between them over ``repeats`` rounds.
 
     Workers start one after another (each is fully warmed up before the next starts),
     then each round asks every worker for one block, the starting worker rotating.
@@ -130,31 +163,21 @@ def time_config(
     results: list[dict[str, Any]] = []
     workers: list[tuple[dict[str, Any], Worker]] = []
     for peer in peers:
-        row: dict[str, Any] = {"config": config, "peer": peer}
+        row: dict[str, Any] = {"config": config, "peer": peer, "mode": mode}
         results.append(row)
         try:
-            worker = Worker(
-                [
-                    "--peer",
-                    peer,
-                    "--config",
-                    config,
-                    "--device",
-                    device,
-                    "--target-s",
-                    str(target_s),
-                ]
-            )
+            worker = Worker(worker_args(peer, config, device, target_s, mode, fit_steps, fit_max_mb))
         except WorkerError as error:
             row["reason"] = f"failed: {error}"
-            _log(f"  {config} {peer}: {row['reason']}")
+            _log(f"  {config} {mode} {peer}: {row['reason']}")
             continue
         if worker.ready.get("status") != "ready":
             row["reason"] = worker.ready.get("reason", "unavailable")
             worker.close()
-            _log(f"  {config} {peer}: skipped ({row['reason']})")
+            _log(f"  {config} {mode} {peer}: skipped ({row['reason']})")
             continue
-        row.update({key: worker.ready[key] for key in ("build_s", "first_step_s", "steps_per_repeat", "info")})
+        keys = ("build_s", "first_step_s", "steps_per_repeat", "epoch_steps", "info")
+        row.update({key: worker.ready[key] for key in keys if key in worker.ready})
         row["us_per_step"] = []
         workers.append((row, worker))
     try:
@@ -168,7 +191,7 @@ def time_config(
             worker.close()
     for row, _ in workers:
         row.update(summarize_times(row["us_per_step"]))
-        _log(f"  {config} {row['peer']}: median {row['median_us']:.1f} µs/step")
+        _log(f"  {config} {mode} {row['peer']}: median {row['median_us']:.1f} µs/step")
     return results
 
 
@@ -190,35 +213,29 @@ def measure_import(samples: int = IMPORT_SAMPLES) -> list[float]:
     ]
 
 
-def cold_start(device: str, config: str = COLD_START_CONFIG) -> dict[str, Any]:
-    """fusednn's first step in a fresh process with an empty JIT/kernel cache, then again with it warm.
+def cold_start(
+    device: str, config: str = COLD_START_CONFIG, mode: str = "step", fit_steps: int = FIT_STEPS
+) -> dict[str, Any]:
+    """fusednn's first step (``fit`` mode: first epoch) in a fresh process with an empty JIT/kernel cache, then warm.
 
     ``NUMBA_CACHE_DIR`` and ``CUPY_CACHE_DIR`` point at a new temporary directory,
     so the first process compiles every kernel it needs and the second finds them cached.
     """
-    entry: dict[str, Any] = {"config": config}
+    entry: dict[str, Any] = {"config": config, "mode": mode}
     with tempfile.TemporaryDirectory(prefix="fusednn-cold-") as cache:
         env = {"NUMBA_CACHE_DIR": cache, "CUPY_CACHE_DIR": cache}
         for label in ("empty", "warm"):
-            args = [
-                "--peer",
-                "fusednn",
-                "--config",
-                config,
-                "--device",
-                device,
-                "--no-serve",
-                "--target-s",
-                "0.01",
-            ]
+            args = [*worker_args("fusednn", config, device, 0.01, mode, fit_steps), "--no-serve"]
             try:
                 worker = Worker(args, env=env)
             except WorkerError as error:
-                return {"reason": f"failed: {error}"}
+                return {"mode": mode, "reason": f"failed: {error}"}
             worker.close()
             if worker.ready.get("status") != "ready":
-                return {"reason": worker.ready.get("reason", "unavailable")}
+                return {"mode": mode, "reason": worker.ready.get("reason", "unavailable")}
             entry[label] = {key: worker.ready[key] for key in ("build_s", "first_step_s")}
+            if mode == "fit":
+                entry["epoch_steps"] = worker.ready["epoch_steps"]
     return entry
 
 
@@ -300,10 +317,24 @@ def render(report: dict[str, Any]) -> str:
             "Speed-ups are peer median ÷ fusednn median (> 1: fusednn is faster); "
             "× GEMM bound is median ÷ (step FLOPs at that GEMM rate).",
         ]
-        out += ["", summary_table(result), "", detail_table(result)]
+        for mode in modes_in(result["results"]):
+            out += ["", f"### {device}, {mode} mode", "", MODE_TEXT[mode], "", summary_table(result, mode, device)]
+            targets = targets_table(result, mode, device)
+            if targets:
+                out += ["", f"Issue 11's targets ({device}, {mode} mode, this run's medians):", "", targets]
+            out += ["", detail_table(result, mode)]
     if report.get("cold_start"):
         out += ["", "## Cold start", "", cold_start_text(report["cold_start"])]
     return "\n".join(out) + "\n"
+
+
+MODE_TEXT = {
+    "step": "One training step on a fixed device-resident batch; fusednn calls forward/loss/backward/step.",
+    "fit": "Whole epochs over a device-resident data set, each in its seeded permutation, µs per step = epoch "
+    "time ÷ steps; fusednn runs `nn.fit(..., epochs=1, progress=False)`, the others their natural loop "
+    "(JAX: one jitted step that donates its buffers and gathers its batch inside).",
+}
+"""What each mode times, printed above its tables."""
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -323,6 +354,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=[*DEVICE_KINDS, "all"],
         default="all",
         help="cpu, cuda, or all (cpu plus cuda when a GPU is present; the default)",
+    )
+    parser.add_argument(
+        "--mode",
+        choices=[*MODES, "both"],
+        default="both",
+        help="step (a fixed-batch step), fit (whole epochs as nn.fit trains), or both (the default)",
+    )
+    parser.add_argument(
+        "--fit-steps",
+        type=_positive(int),
+        default=FIT_STEPS,
+        help=f"steps per fit-mode epoch (default {FIT_STEPS}; fewer where the data set would pass --fit-max-mb)",
+    )
+    parser.add_argument(
+        "--fit-max-mb",
+        type=_positive(float),
+        default=FIT_MAX_MB,
+        help=f"largest fit-mode data set per peer in MiB (default {FIT_MAX_MB})",
     )
     parser.add_argument(
         "--configs",
@@ -366,6 +415,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.repeats is None:
         args.repeats = 3 if args.quick else 7
+    args.modes = list(MODES) if args.mode == "both" else [args.mode]
     return args
 
 
@@ -439,8 +489,14 @@ def run(args: argparse.Namespace, progress: Callable[[dict[str, Any]], None] | N
             "target_s": args.target_s,
         }
         for config in configs:
-            _log(f"{device}: {config}")
-            results += time_config(config, device, peers, args.repeats, args.target_s, args.settle_s)
+            for mode in args.modes:
+                epoch = f", {fit_epoch_steps(CONFIGS[config], args.fit_steps, args.fit_max_mb)}-step epochs"
+                _log(f"{device}: {config}, {mode} mode{epoch if mode == 'fit' else ''}")
+                results += time_config(
+                    config, device, peers, args.repeats, args.target_s, args.settle_s,
+                    mode=mode, fit_steps=args.fit_steps, fit_max_mb=args.fit_max_mb,
+                )  # fmt: skip
+            report["devices"][device]["targets"] = device_targets(report["devices"][device], device)
             if progress is not None:
                 progress(report)
     report["load_average_at_end"] = round(os.getloadavg()[0], 2)
@@ -448,9 +504,26 @@ def run(args: argparse.Namespace, progress: Callable[[dict[str, Any]], None] | N
         _log("cold start")
         report["cold_start"] = {
             "import_s": measure_import(),
-            "devices": {device: cold_start(device) for device in devices if device == "cpu" or gpus},
+            "devices": {
+                device: [cold_start(device, mode=mode, fit_steps=args.fit_steps) for mode in args.modes]
+                for device in devices
+                if device == "cpu" or gpus
+            },
         }
     return report
+
+
+def device_targets(device_result: dict[str, Any], device: str) -> list[dict[str, Any]]:
+    """Issue 11's targets checked on one device's results so far, per mode, as JSON-ready dicts.
+
+    ``--render`` recomputes them from the results; these are for readers of the JSON alone.
+    """
+    results, gemm = device_result["results"], device_result["gemm"].get("best_flops_per_s")
+    return [
+        dict(entry, mode=mode)
+        for mode in modes_in(results)
+        for entry in as_json(outcomes(device, mode, mode_rows(results, mode), gemm))
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
