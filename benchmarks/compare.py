@@ -58,6 +58,23 @@ COLD_START_CONFIG = "digits"
 IMPORT_SAMPLES = 3
 BLAS_ENV_WARNINGS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 """Variables that pin OpenBLAS to a narrower kernel; the runner warns when they are set."""
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+"""The thread-pool sizes ``--threads`` sets for every worker (PyTorch's intra-op pool follows OMP_NUM_THREADS)."""
+SINGLE_THREADED_XLA = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+
+
+def thread_env(threads: int) -> dict[str, str]:
+    """The environment that holds every peer's thread pools to ``threads`` threads.
+
+    JAX's CPU client has a knob for one thread only (``XLA_FLAGS``); with more it keeps its own pool.
+
+    >>> thread_env(1)["NUMBA_NUM_THREADS"], "XLA_FLAGS" in thread_env(2)
+    ('1', False)
+    """
+    env = dict.fromkeys(THREAD_VARIABLES, str(threads))
+    if threads == 1:
+        env["XLA_FLAGS"] = SINGLE_THREADED_XLA
+    return env
 
 
 class WorkerError(RuntimeError):
@@ -269,6 +286,7 @@ def machine_info() -> dict[str, Any]:
             if lib.get("user_api") == "blas"
         ],
         "env": {name: os.environ[name] for name in BLAS_ENV_WARNINGS if name in os.environ},
+        "threads_env": {name: os.environ[name] for name in [*THREAD_VARIABLES, "XLA_FLAGS"] if name in os.environ},
         "load_average": round(os.getloadavg()[0], 2),
     }
     return info
@@ -303,6 +321,9 @@ def render(report: dict[str, Any]) -> str:
         out.append(
             f"**Warning: {name}={value} is set; OpenBLAS is held to that kernel and its GEMM figures are lower.**"
         )
+    if machine.get("threads_env"):
+        settings = ", ".join(f"{name}={value}" for name, value in machine["threads_env"].items())
+        out.append(f"Thread pools of every peer (and of the GEMM bound) held by: {settings}.")
     for device, result in report["devices"].items():
         out += ["", f"## {device}", ""]
         if "reason" in result:
@@ -395,6 +416,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="length of one timed block in s",
     )
     parser.add_argument("--settle-s", type=float, default=0.02, help="idle time between blocks in s")
+    parser.add_argument(
+        "--threads",
+        type=_positive(int),
+        help="hold every peer's thread pools (OpenMP, BLAS, Numba; XLA at 1) to this many threads; "
+        "on a shared machine 1 keeps a descheduled thread from stalling each parallel region",
+    )
     parser.add_argument(
         "--no-cold-start",
         dest="cold_start",
@@ -532,6 +559,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.render is not None:
         print(render(json.loads(args.render.read_text())))
         return 0
+    if args.threads is not None:
+        os.environ.update(thread_env(args.threads))  # every worker inherits it; this process times nothing
     if args.device == "cuda" and gpu_count() == 0:
         print(
             "--device cuda needs a usable CUDA GPU (CuPy installed and a GPU visible); none found here. "

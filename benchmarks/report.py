@@ -133,7 +133,7 @@ def describe_peer(row: dict[str, Any]) -> str:
     info = row.get("info", row)
     parts = [info["library"]] if "library" in info else []
     if "threads" in info:
-        parts.append(f"{info['threads']} threads")
+        parts.append(f"{info['threads']} thread{'s' if info['threads'] != 1 else ''}")
     if row.get("mode") == "fit" and "epoch_steps" in row:
         parts.append(f"{row['epoch_steps']:,}-step epochs")
     path = info.get("fit_params", {}).get("epoch_path")

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import fusednn
 from benchmarks import compare
 from benchmarks.configs import (
     CONFIGS,
@@ -528,7 +529,7 @@ def test_fit_mode_run_on_xor_round_trips_through_json(tmp_path):
         [
             "-m", "benchmarks.compare", "--configs", "xor", "--repeats", "1", "--target-s", "0.005", "--device",
             "cpu", "--no-cold-start", "--json", str(out), "--peers", "fusednn,numpy", "--mode", "fit",
-            "--fit-steps", "20",
+            "--fit-steps", "20", "--threads", "1",
         ],
         timeout=120,
     )  # fmt: skip
@@ -544,6 +545,8 @@ def test_fit_mode_run_on_xor_round_trips_through_json(tmp_path):
     assert targets["≥ 15× jax"]["passed"] is None and targets["≥ 15× jax"]["note"] == "no jax timing"
     assert "### cpu, fit mode" in done.stdout and "| xor | ≥ 15× jax | – | – | no jax timing |" in done.stdout
     assert "20-step epochs" in done.stdout and "first epoch ms" in done.stdout
+    assert f"fusednn {fusednn.__version__}, 1 thread," in done.stdout  # --threads reaches the workers
+    assert "held by: OMP_NUM_THREADS=1, OPENBLAS_NUM_THREADS=1" in done.stdout
     rendered = _run(["-m", "benchmarks.compare", "--render", str(out)], timeout=60)
     assert rendered.returncode == 0, rendered.stderr[-3000:]
     assert rendered.stdout == done.stdout
