@@ -39,16 +39,7 @@ from typing import Any
 
 from .configs import CONFIGS, DEVICE_KINDS, FIT_MAX_MB, FIT_STEPS, MODES, fit_epoch_steps, select_configs
 from .peers import PEERS, peers_for
-from .report import (
-    MISSING,
-    cold_start_text,
-    detail_table,
-    mode_rows,
-    modes_in,
-    summarize_times,
-    summary_table,
-    targets_table,
-)
+from .report import mode_rows, modes_in, pool_reports, render, summarize_times
 from .targets import as_json, outcomes
 
 LOAD_WARNING = 0.5
@@ -302,62 +293,6 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
-def render(report: dict[str, Any]) -> str:
-    """The whole markdown report: machine header, then per device a summary, the details and the GEMM bound."""
-    machine = report["machine"]
-    out = [
-        f"Machine: {machine['cpu']}, {machine['cores']} cores; Python {machine['python']}, NumPy {machine['numpy']}; "
-        f"{machine['date']}.",
-        "BLAS: "
-        + "; ".join(
-            f"{b['internal_api']} {b['version']} ({b['architecture']} kernel, {b['num_threads']} threads)"
-            for b in machine["blas"]
-        ),
-        f"Command: `{report['command']}`",
-        f"1-minute load average at the start: {machine['load_average']}, at the end of the timings: "
-        f"{report.get('load_average_at_end', MISSING)} (other processes steal time from the timings).",
-    ]
-    for name, value in machine["env"].items():
-        out.append(
-            f"**Warning: {name}={value} is set; OpenBLAS is held to that kernel and its GEMM figures are lower.**"
-        )
-    if machine.get("threads_env"):
-        settings = ", ".join(f"{name}={value}" for name, value in machine["threads_env"].items())
-        out.append(f"Thread pools of every peer (and of the GEMM bound) held by: {settings}.")
-    for device, result in report["devices"].items():
-        out += ["", f"## {device}", ""]
-        if "reason" in result:
-            out.append(result["reason"])
-            continue
-        gemm = result["gemm"]
-        best_shape = "×".join(map(str, gemm["best_shape"]))
-        out += [
-            f"Device: {gemm.get('device_name', device)}. {result['repeats']} repeats per peer, round-robin; "
-            f"each times a block of steps lasting about {result['target_s']:g} s.",
-            f"Best float32 GEMM: {gemm['best_flops_per_s'] / 1e9:.1f} GFLOP/s at {best_shape}.",
-            "Speed-ups are peer median ÷ fusednn median (> 1: fusednn is faster); "
-            "× GEMM bound is median ÷ (step FLOPs at that GEMM rate).",
-        ]
-        for mode in modes_in(result["results"]):
-            out += ["", f"### {device}, {mode} mode", "", MODE_TEXT[mode], "", summary_table(result, mode, device)]
-            targets = targets_table(result, mode, device)
-            if targets:
-                out += ["", f"Issue 11's targets ({device}, {mode} mode, this run's medians):", "", targets]
-            out += ["", detail_table(result, mode)]
-    if report.get("cold_start"):
-        out += ["", "## Cold start", "", cold_start_text(report["cold_start"])]
-    return "\n".join(out) + "\n"
-
-
-MODE_TEXT = {
-    "step": "One training step on a fixed device-resident batch; fusednn calls forward/loss/backward/step.",
-    "fit": "Whole epochs over a device-resident data set, each in its seeded permutation, µs per step = epoch "
-    "time ÷ steps; fusednn runs `nn.fit(..., epochs=1, progress=False)`, the others their natural loop "
-    "(JAX: one jitted step that donates its buffers and gathers its batch inside).",
-}
-"""What each mode times, printed above its tables."""
-
-
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The runner's command line.
 
@@ -436,8 +371,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--render",
         type=Path,
+        nargs="+",
         metavar="JSON",
-        help="measure nothing: print the report of a JSON file an earlier run wrote (also a cut-short one)",
+        help="measure nothing: print the report of a JSON file an earlier run wrote (also a cut-short one); "
+        "several files of runs on one machine are pooled (their repeats together, the best GEMM rate)",
     )
     args = parser.parse_args(argv)
     if args.repeats is None:
@@ -557,7 +494,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point; returns 2 when ``--device cuda`` is asked for on a machine without a usable GPU."""
     args = parse_args(argv)
     if args.render is not None:
-        print(render(json.loads(args.render.read_text())))
+        print(render(pool_reports([json.loads(path.read_text()) for path in args.render])))
         return 0
     if args.threads is not None:
         os.environ.update(thread_env(args.threads))  # every worker inherits it; this process times nothing

@@ -1,4 +1,4 @@
-"""Turn the runner's measurements into markdown: one header, a detailed table and a summary per device.
+"""Turn the runner's measurements into markdown: a header, then per device and mode a summary, targets and details.
 
 Everything here is pure (dicts in, strings out) so it is unit-tested without timing anything.
 Each table shows one measurement mode (``step`` or ``fit``, see :mod:`benchmarks.peers`);
@@ -243,3 +243,96 @@ def cold_start_text(cold: dict[str, Any]) -> str:
 def format_ms(seconds: float | None) -> str:
     """Seconds shown as milliseconds (``'12.3'``)."""
     return MISSING if seconds is None else f"{seconds * 1e3:,.1f}"
+
+
+def pool_reports(reports: list[dict[str, Any]]) -> dict[str, Any]:
+    """Several runs' reports (same machine, same code) as one: each peer's repeats pooled, the best GEMM rate.
+
+    The first report gives the header (machine, command, cold start); a row measured in
+    only some runs keeps the repeats it has, and a peer that failed in every run keeps its
+    first reason. One report is returned as it is.
+
+    Raises:
+        ValueError: no reports.
+    """
+    if not reports:
+        raise ValueError("No reports to pool")
+    if len(reports) == 1:
+        return reports[0]
+    pooled = dict(reports[0], devices={}, command=" + ".join(report["command"] for report in reports))
+    for device in dict.fromkeys(name for report in reports for name in report["devices"]):
+        results = [report["devices"][device] for report in reports if "results" in report["devices"].get(device, {})]
+        if not results:
+            pooled["devices"][device] = next(r["devices"][device] for r in reports if device in r["devices"])
+            continue
+        rows: dict[tuple[str, str, str], dict[str, Any]] = {}
+        for result in results:
+            for row in result["results"]:
+                key = (row["config"], row.get("mode", "step"), row["peer"])
+                if key not in rows or "us_per_step" not in rows[key]:
+                    rows[key] = dict(row)
+                elif "us_per_step" in row:
+                    rows[key]["us_per_step"] = rows[key]["us_per_step"] + row["us_per_step"]
+        for row in rows.values():
+            if "us_per_step" in row:
+                row.update(summarize_times(row["us_per_step"]))
+        gemm = max((result["gemm"] for result in results), key=lambda gemm: gemm.get("best_flops_per_s", 0))
+        repeats = sum(result["repeats"] for result in results)
+        pooled["devices"][device] = dict(results[0], gemm=gemm, results=list(rows.values()), repeats=repeats)
+    return pooled
+
+
+MODE_TEXT = {
+    "step": "One training step on a fixed device-resident batch; fusednn calls forward/loss/backward/step.",
+    "fit": "Whole epochs over a device-resident data set, each in its seeded permutation, µs per step = epoch "
+    "time ÷ steps; fusednn runs `nn.fit(..., epochs=1, progress=False)`, the others their natural loop "
+    "(JAX: one jitted step that donates its buffers and gathers its batch inside).",
+}
+"""What each mode times, printed above its tables."""
+
+
+def render(report: dict[str, Any]) -> str:
+    """The whole markdown report: machine header, then per device and mode the summary, targets and details."""
+    machine = report["machine"]
+    out = [
+        f"Machine: {machine['cpu']}, {machine['cores']} cores; Python {machine['python']}, NumPy {machine['numpy']}; "
+        f"{machine['date']}.",
+        "BLAS (in the runner's process; each worker's is in the JSON): "
+        + "; ".join(
+            f"{b['internal_api']} {b['version']} ({b['architecture']} kernel, {b['num_threads']} threads)"
+            for b in machine["blas"]
+        ),
+        f"Command: `{report['command']}`",
+        f"1-minute load average at the start: {machine['load_average']}, at the end of the timings: "
+        f"{report.get('load_average_at_end', MISSING)} (other processes steal time from the timings).",
+    ]
+    for name, value in machine["env"].items():
+        out.append(
+            f"**Warning: {name}={value} is set; OpenBLAS is held to that kernel and its GEMM figures are lower.**"
+        )
+    if machine.get("threads_env"):
+        settings = ", ".join(f"{name}={value}" for name, value in machine["threads_env"].items())
+        out.append(f"Thread pools of every peer (and of the GEMM bound) held by: {settings}.")
+    for device, result in report["devices"].items():
+        out += ["", f"## {device}", ""]
+        if "reason" in result:
+            out.append(result["reason"])
+            continue
+        gemm = result["gemm"]
+        best_shape = "×".join(map(str, gemm["best_shape"]))
+        out += [
+            f"Device: {gemm.get('device_name', device)}. {result['repeats']} repeats per peer, round-robin; "
+            f"each times a block of steps lasting about {result['target_s']:g} s.",
+            f"Best float32 GEMM: {gemm['best_flops_per_s'] / 1e9:.1f} GFLOP/s at {best_shape}.",
+            "Speed-ups are peer median ÷ fusednn median (> 1: fusednn is faster); "
+            "× GEMM bound is median ÷ (step FLOPs at that GEMM rate).",
+        ]
+        for mode in modes_in(result["results"]):
+            out += ["", f"### {device}, {mode} mode", "", MODE_TEXT[mode], "", summary_table(result, mode, device)]
+            targets = targets_table(result, mode, device)
+            if targets:
+                out += ["", f"Issue 11's targets ({device}, {mode} mode, this run's medians):", "", targets]
+            out += ["", detail_table(result, mode)]
+    if report.get("cold_start"):
+        out += ["", "## Cold start", "", cold_start_text(report["cold_start"])]
+    return "\n".join(out) + "\n"

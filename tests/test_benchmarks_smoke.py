@@ -37,6 +37,7 @@ from benchmarks.report import (
     format_ratio,
     format_us,
     markdown_table,
+    pool_reports,
     summarize_times,
     summary_table,
     targets_table,
@@ -563,3 +564,22 @@ def test_a_report_from_before_the_modes_still_renders():
     }  # fmt: skip
     text = compare.render(report)
     assert "### cpu, step mode" in text and "| digits | torch |" in text and "fit mode" not in text
+
+
+def test_pooling_two_runs_pools_their_repeats_and_keeps_the_best_gemm_rate():
+    def report(gemm: float, fusednn: list[float], jax_row: dict) -> dict:
+        rows = [{"config": "xor", "peer": "fusednn", "mode": "fit", "us_per_step": fusednn, **summarize_times(fusednn)}]
+        device = {"gemm": {"best_flops_per_s": gemm, "best_shape": [8, 8, 8]}, "repeats": 2, "target_s": 0.2}
+        return {"command": "run", "machine": {}, "devices": {"cpu": dict(device, results=rows + [jax_row])}}
+
+    failed = {"config": "xor", "peer": "jax", "mode": "fit", "reason": "failed: killed"}
+    timed = {"config": "xor", "peer": "jax", "mode": "fit", "us_per_step": [40.0, 44.0], "median_us": 42.0}
+    pooled = pool_reports([report(1e9, [5.0, 7.0], failed), report(2e9, [4.0, 9.0], timed)])
+    cpu = pooled["devices"]["cpu"]
+    rows = {row["peer"]: row for row in cpu["results"]}
+    assert rows["fusednn"]["us_per_step"] == [5.0, 7.0, 4.0, 9.0]
+    assert (rows["fusednn"]["min_us"], rows["fusednn"]["median_us"]) == (4.0, 6.0)
+    assert rows["jax"]["median_us"] == 42.0  # measured in the second run only
+    assert cpu["gemm"]["best_flops_per_s"] == 2e9 and cpu["repeats"] == 4 and pooled["command"] == "run + run"
+    with pytest.raises(ValueError, match="No reports"):
+        pool_reports([])
