@@ -19,6 +19,8 @@ Examples::
 
     python -m benchmarks.compare --quick                       # cpu (and cuda when present), no "wide"
     python -m benchmarks.compare --device cpu --mode fit --configs xor,digits
+    python -m benchmarks.compare --device cpu --quick --threads 1      # on a machine shared with other work
+    python -m benchmarks.compare --render a.json b.json         # two runs' repeats pooled
     python -m benchmarks.compare --device cuda --json cuda.json
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m benchmarks.compare   # figures for RESULTS.md
 """
