@@ -1,18 +1,26 @@
-"""Compare fusednn's training step with PyTorch, plain NumPy and JAX: ``python -m benchmarks.compare``.
+"""Compare fusednn's training with PyTorch, plain NumPy and JAX: ``python -m benchmarks.compare``.
 
-For each device and standard configuration (see :mod:`benchmarks.configs`) every peer
-runs in its own worker process (:mod:`benchmarks._worker`), so no two thread pools
-are busy in one process and every peer starts clean. Repeats alternate between the
-peers (round-robin, the starting peer rotating) so slow drifts of the machine hit all
-of them alike; each repeat times a block of steps and reports µs per step. The
-tables give the min and median over repeats, samples/s, fusednn's speed-up over each
-peer and the ratio to the GEMM bound measured in the same run. Cold-start figures
-(``import fusednn``; the first step with an empty and with a warm JIT cache) come
-from fresh processes.
+For each device, standard configuration (see :mod:`benchmarks.configs`) and mode, every
+peer runs in its own worker process (:mod:`benchmarks._worker`), so no two thread pools
+are busy in one process and every peer starts clean. Two modes (``--mode``, both by
+default): ``step`` times one training step on a fixed device-resident batch; ``fit``
+times whole epochs (1,000 steps, fewer for the largest configurations) over a
+device-resident data set in a seeded permutation per epoch, fusednn through ``nn.fit``
+itself and every other peer through the loop its users would write (see
+:mod:`benchmarks.peers`). Repeats alternate between the peers (round-robin, the starting
+peer rotating) so slow drifts of the machine hit all of them alike; each repeat times a
+block of steps (whole epochs in ``fit`` mode) and reports µs per step. The tables give the
+min and median over repeats, samples/s, fusednn's speed-up over each peer, the ratio to
+the GEMM bound measured in the same run, and issue 11's targets as pass/fail
+(:mod:`benchmarks.targets`). Cold-start figures (``import fusednn``; the first step and
+the first ``fit`` epoch with an empty and with a warm JIT cache) come from fresh processes.
 
 Examples::
 
     python -m benchmarks.compare --quick                       # cpu (and cuda when present), no "wide"
+    python -m benchmarks.compare --device cpu --mode fit --configs xor,digits
+    python -m benchmarks.compare --device cpu --quick --threads 1      # on a machine shared with other work
+    python -m benchmarks.compare --render a.json b.json         # two runs' repeats pooled
     python -m benchmarks.compare --device cuda --json cuda.json
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m benchmarks.compare   # figures for RESULTS.md
 """
@@ -31,9 +39,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .configs import CONFIGS, DEVICE_KINDS, select_configs
+from .configs import CONFIGS, DEVICE_KINDS, FIT_MAX_MB, FIT_STEPS, MODES, fit_epoch_steps, select_configs
 from .peers import PEERS, peers_for
-from .report import MISSING, cold_start_text, detail_table, summarize_times, summary_table
+from .report import mode_rows, modes_in, pool_reports, render, summarize_times
+from .targets import as_json, outcomes
 
 LOAD_WARNING = 0.5
 """A 1-minute load average above this at the start draws a warning: the machine is not quiet."""
@@ -42,6 +51,23 @@ COLD_START_CONFIG = "digits"
 IMPORT_SAMPLES = 3
 BLAS_ENV_WARNINGS = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 """Variables that pin OpenBLAS to a narrower kernel; the runner warns when they are set."""
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS")
+"""The thread-pool sizes ``--threads`` sets for every worker (PyTorch's intra-op pool follows OMP_NUM_THREADS)."""
+SINGLE_THREADED_XLA = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+
+
+def thread_env(threads: int) -> dict[str, str]:
+    """The environment that holds every peer's thread pools to ``threads`` threads.
+
+    JAX's CPU client has a knob for one thread only (``XLA_FLAGS``); with more it keeps its own pool.
+
+    >>> thread_env(1)["NUMBA_NUM_THREADS"], "XLA_FLAGS" in thread_env(2)
+    ('1', False)
+    """
+    env = dict.fromkeys(THREAD_VARIABLES, str(threads))
+    if threads == 1:
+        env["XLA_FLAGS"] = SINGLE_THREADED_XLA
+    return env
 
 
 class WorkerError(RuntimeError):
@@ -112,6 +138,20 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def worker_args(
+    peer: str,
+    config: str,
+    device: str,
+    target_s: float,
+    mode: str = "step",
+    fit_steps: int = FIT_STEPS,
+    fit_max_mb: float = FIT_MAX_MB,
+) -> list[str]:
+    """The command line of a worker timing ``peer`` on ``config`` in ``mode``."""
+    args = ["--peer", peer, "--config", config, "--device", device, "--target-s", str(target_s), "--mode", mode]
+    return args + ["--fit-steps", str(fit_steps), "--fit-max-mb", str(fit_max_mb)]
+
+
 def time_config(
     config: str,
     device: str,
@@ -119,8 +159,11 @@ def time_config(
     repeats: int,
     target_s: float,
     settle_s: float,
+    mode: str = "step",
+    fit_steps: int = FIT_STEPS,
+    fit_max_mb: float = FIT_MAX_MB,
 ) -> list[dict[str, Any]]:
-    """Time every peer on one configuration, alternating between them over ``repeats`` rounds.
+    """Time every peer on one configuration in ``mode``, alternating between them over ``repeats`` rounds.
 
     Workers start one after another (each is fully warmed up before the next starts),
     then each round asks every worker for one block, the starting worker rotating.
@@ -130,31 +173,21 @@ def time_config(
     results: list[dict[str, Any]] = []
     workers: list[tuple[dict[str, Any], Worker]] = []
     for peer in peers:
-        row: dict[str, Any] = {"config": config, "peer": peer}
+        row: dict[str, Any] = {"config": config, "peer": peer, "mode": mode}
         results.append(row)
         try:
-            worker = Worker(
-                [
-                    "--peer",
-                    peer,
-                    "--config",
-                    config,
-                    "--device",
-                    device,
-                    "--target-s",
-                    str(target_s),
-                ]
-            )
+            worker = Worker(worker_args(peer, config, device, target_s, mode, fit_steps, fit_max_mb))
         except WorkerError as error:
             row["reason"] = f"failed: {error}"
-            _log(f"  {config} {peer}: {row['reason']}")
+            _log(f"  {config} {mode} {peer}: {row['reason']}")
             continue
         if worker.ready.get("status") != "ready":
             row["reason"] = worker.ready.get("reason", "unavailable")
             worker.close()
-            _log(f"  {config} {peer}: skipped ({row['reason']})")
+            _log(f"  {config} {mode} {peer}: skipped ({row['reason']})")
             continue
-        row.update({key: worker.ready[key] for key in ("build_s", "first_step_s", "steps_per_repeat", "info")})
+        keys = ("build_s", "first_step_s", "steps_per_repeat", "epoch_steps", "info")
+        row.update({key: worker.ready[key] for key in keys if key in worker.ready})
         row["us_per_step"] = []
         workers.append((row, worker))
     try:
@@ -168,7 +201,7 @@ def time_config(
             worker.close()
     for row, _ in workers:
         row.update(summarize_times(row["us_per_step"]))
-        _log(f"  {config} {row['peer']}: median {row['median_us']:.1f} µs/step")
+        _log(f"  {config} {mode} {row['peer']}: median {row['median_us']:.1f} µs/step")
     return results
 
 
@@ -190,35 +223,29 @@ def measure_import(samples: int = IMPORT_SAMPLES) -> list[float]:
     ]
 
 
-def cold_start(device: str, config: str = COLD_START_CONFIG) -> dict[str, Any]:
-    """fusednn's first step in a fresh process with an empty JIT/kernel cache, then again with it warm.
+def cold_start(
+    device: str, config: str = COLD_START_CONFIG, mode: str = "step", fit_steps: int = FIT_STEPS
+) -> dict[str, Any]:
+    """fusednn's first step (``fit`` mode: first epoch) in a fresh process with an empty JIT/kernel cache, then warm.
 
     ``NUMBA_CACHE_DIR`` and ``CUPY_CACHE_DIR`` point at a new temporary directory,
     so the first process compiles every kernel it needs and the second finds them cached.
     """
-    entry: dict[str, Any] = {"config": config}
+    entry: dict[str, Any] = {"config": config, "mode": mode}
     with tempfile.TemporaryDirectory(prefix="fusednn-cold-") as cache:
         env = {"NUMBA_CACHE_DIR": cache, "CUPY_CACHE_DIR": cache}
         for label in ("empty", "warm"):
-            args = [
-                "--peer",
-                "fusednn",
-                "--config",
-                config,
-                "--device",
-                device,
-                "--no-serve",
-                "--target-s",
-                "0.01",
-            ]
+            args = [*worker_args("fusednn", config, device, 0.01, mode, fit_steps), "--no-serve"]
             try:
                 worker = Worker(args, env=env)
             except WorkerError as error:
-                return {"reason": f"failed: {error}"}
+                return {"mode": mode, "reason": f"failed: {error}"}
             worker.close()
             if worker.ready.get("status") != "ready":
-                return {"reason": worker.ready.get("reason", "unavailable")}
+                return {"mode": mode, "reason": worker.ready.get("reason", "unavailable")}
             entry[label] = {key: worker.ready[key] for key in ("build_s", "first_step_s")}
+            if mode == "fit":
+                entry["epoch_steps"] = worker.ready["epoch_steps"]
     return entry
 
 
@@ -252,6 +279,7 @@ def machine_info() -> dict[str, Any]:
             if lib.get("user_api") == "blas"
         ],
         "env": {name: os.environ[name] for name in BLAS_ENV_WARNINGS if name in os.environ},
+        "threads_env": {name: os.environ[name] for name in [*THREAD_VARIABLES, "XLA_FLAGS"] if name in os.environ},
         "load_average": round(os.getloadavg()[0], 2),
     }
     return info
@@ -265,45 +293,6 @@ def _cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or "unknown"
-
-
-def render(report: dict[str, Any]) -> str:
-    """The whole markdown report: machine header, then per device a summary, the details and the GEMM bound."""
-    machine = report["machine"]
-    out = [
-        f"Machine: {machine['cpu']}, {machine['cores']} cores; Python {machine['python']}, NumPy {machine['numpy']}; "
-        f"{machine['date']}.",
-        "BLAS: "
-        + "; ".join(
-            f"{b['internal_api']} {b['version']} ({b['architecture']} kernel, {b['num_threads']} threads)"
-            for b in machine["blas"]
-        ),
-        f"Command: `{report['command']}`",
-        f"1-minute load average at the start: {machine['load_average']}, at the end of the timings: "
-        f"{report.get('load_average_at_end', MISSING)} (other processes steal time from the timings).",
-    ]
-    for name, value in machine["env"].items():
-        out.append(
-            f"**Warning: {name}={value} is set; OpenBLAS is held to that kernel and its GEMM figures are lower.**"
-        )
-    for device, result in report["devices"].items():
-        out += ["", f"## {device}", ""]
-        if "reason" in result:
-            out.append(result["reason"])
-            continue
-        gemm = result["gemm"]
-        best_shape = "×".join(map(str, gemm["best_shape"]))
-        out += [
-            f"Device: {gemm.get('device_name', device)}. {result['repeats']} repeats per peer, round-robin; "
-            f"each times a block of steps lasting about {result['target_s']:g} s.",
-            f"Best float32 GEMM: {gemm['best_flops_per_s'] / 1e9:.1f} GFLOP/s at {best_shape}.",
-            "Speed-ups are peer median ÷ fusednn median (> 1: fusednn is faster); "
-            "× GEMM bound is median ÷ (step FLOPs at that GEMM rate).",
-        ]
-        out += ["", summary_table(result), "", detail_table(result)]
-    if report.get("cold_start"):
-        out += ["", "## Cold start", "", cold_start_text(report["cold_start"])]
-    return "\n".join(out) + "\n"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -323,6 +312,24 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=[*DEVICE_KINDS, "all"],
         default="all",
         help="cpu, cuda, or all (cpu plus cuda when a GPU is present; the default)",
+    )
+    parser.add_argument(
+        "--mode",
+        choices=[*MODES, "both"],
+        default="both",
+        help="step (a fixed-batch step), fit (whole epochs as nn.fit trains), or both (the default)",
+    )
+    parser.add_argument(
+        "--fit-steps",
+        type=_positive(int),
+        default=FIT_STEPS,
+        help=f"steps per fit-mode epoch (default {FIT_STEPS}; fewer where the data set would pass --fit-max-mb)",
+    )
+    parser.add_argument(
+        "--fit-max-mb",
+        type=_positive(float),
+        default=FIT_MAX_MB,
+        help=f"largest fit-mode data set per peer in MiB (default {FIT_MAX_MB})",
     )
     parser.add_argument(
         "--configs",
@@ -347,6 +354,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--settle-s", type=float, default=0.02, help="idle time between blocks in s")
     parser.add_argument(
+        "--threads",
+        type=_positive(int),
+        help="hold every peer's thread pools (OpenMP, BLAS, Numba; XLA at 1) to this many threads; "
+        "on a shared machine 1 keeps a descheduled thread from stalling each parallel region",
+    )
+    parser.add_argument(
         "--no-cold-start",
         dest="cold_start",
         action="store_false",
@@ -360,12 +373,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--render",
         type=Path,
+        nargs="+",
         metavar="JSON",
-        help="measure nothing: print the report of a JSON file an earlier run wrote (also a cut-short one)",
+        help="measure nothing: print the report of a JSON file an earlier run wrote (also a cut-short one); "
+        "several files of runs on one machine are pooled (their repeats together, the best GEMM rate)",
     )
     args = parser.parse_args(argv)
     if args.repeats is None:
         args.repeats = 3 if args.quick else 7
+    args.modes = list(MODES) if args.mode == "both" else [args.mode]
     return args
 
 
@@ -439,8 +455,14 @@ def run(args: argparse.Namespace, progress: Callable[[dict[str, Any]], None] | N
             "target_s": args.target_s,
         }
         for config in configs:
-            _log(f"{device}: {config}")
-            results += time_config(config, device, peers, args.repeats, args.target_s, args.settle_s)
+            for mode in args.modes:
+                epoch = f", {fit_epoch_steps(CONFIGS[config], args.fit_steps, args.fit_max_mb)}-step epochs"
+                _log(f"{device}: {config}, {mode} mode{epoch if mode == 'fit' else ''}")
+                results += time_config(
+                    config, device, peers, args.repeats, args.target_s, args.settle_s,
+                    mode=mode, fit_steps=args.fit_steps, fit_max_mb=args.fit_max_mb,
+                )  # fmt: skip
+            report["devices"][device]["targets"] = device_targets(report["devices"][device], device)
             if progress is not None:
                 progress(report)
     report["load_average_at_end"] = round(os.getloadavg()[0], 2)
@@ -448,17 +470,36 @@ def run(args: argparse.Namespace, progress: Callable[[dict[str, Any]], None] | N
         _log("cold start")
         report["cold_start"] = {
             "import_s": measure_import(),
-            "devices": {device: cold_start(device) for device in devices if device == "cpu" or gpus},
+            "devices": {
+                device: [cold_start(device, mode=mode, fit_steps=args.fit_steps) for mode in args.modes]
+                for device in devices
+                if device == "cpu" or gpus
+            },
         }
     return report
+
+
+def device_targets(device_result: dict[str, Any], device: str) -> list[dict[str, Any]]:
+    """Issue 11's targets checked on one device's results so far, per mode, as JSON-ready dicts.
+
+    ``--render`` recomputes them from the results; these are for readers of the JSON alone.
+    """
+    results, gemm = device_result["results"], device_result["gemm"].get("best_flops_per_s")
+    return [
+        dict(entry, mode=mode)
+        for mode in modes_in(results)
+        for entry in as_json(outcomes(device, mode, mode_rows(results, mode), gemm))
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns 2 when ``--device cuda`` is asked for on a machine without a usable GPU."""
     args = parse_args(argv)
     if args.render is not None:
-        print(render(json.loads(args.render.read_text())))
+        print(render(pool_reports([json.loads(path.read_text()) for path in args.render])))
         return 0
+    if args.threads is not None:
+        os.environ.update(thread_env(args.threads))  # every worker inherits it; this process times nothing
     if args.device == "cuda" and gpu_count() == 0:
         print(
             "--device cuda needs a usable CUDA GPU (CuPy installed and a GPU visible); none found here. "

@@ -16,6 +16,17 @@ from dataclasses import dataclass
 DEVICE_KINDS: tuple[str, ...] = ("cpu", "cuda")
 """Device kinds the comparison runner knows (``numpy`` is a peer on the cpu, not a device here)."""
 
+MODES: tuple[str, ...] = ("step", "fit")
+"""What the runner times: ``step``, one training step on a fixed device-resident batch; ``fit``, whole
+epochs over a device-resident data set in a seeded permutation per epoch, as ``nn.fit`` trains."""
+
+FIT_STEPS = 1000
+"""Steps per epoch in ``fit`` mode (issue 11 asks for epochs of at least 1,000 steps)..."""
+FIT_MAX_MB = 512
+"""... unless the epoch's input rows would take more than this many MiB per peer (mnist-l, wide)..."""
+FIT_MIN_STEPS = 8
+"""... but never fewer steps than this (``huge-batch`` on a GPU), unless fewer are asked for."""
+
 
 @dataclass(frozen=True)
 class Config:
@@ -78,6 +89,20 @@ def select_configs(names: list[str] | None, device: str, quick: bool) -> list[Co
     else:
         chosen = [config for config in CONFIGS.values() if config.quick or not quick]
     return [config for config in chosen if device in config.devices]
+
+
+def fit_epoch_steps(config: Config, steps: int = FIT_STEPS, max_mb: float = FIT_MAX_MB) -> int:
+    """Steps in one ``fit``-mode epoch of ``config``: ``steps``, fewer when its float32 inputs exceed ``max_mb``.
+
+    Every peer holds the epoch's data set (``steps * batch`` rows) in its own worker,
+    all workers at once, so the big configurations get shorter epochs; their steps
+    cost milliseconds, so the per-epoch overhead still vanishes in the per-step figure.
+
+    >>> fit_epoch_steps(CONFIGS["digits"]), fit_epoch_steps(CONFIGS["mnist-l"])
+    (1000, 167)
+    """
+    batch_mb = config.batch * config.sizes[0] * 4 / 2**20
+    return min(steps, max(FIT_MIN_STEPS, int(max_mb // batch_mb)))
 
 
 def step_flops(config: Config) -> int:

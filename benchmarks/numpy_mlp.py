@@ -33,11 +33,13 @@ class NumpyMLP:
     """An MLP ``sizes[0] -> ... -> sizes[-1]`` with a linear output, softmax cross-entropy and Adam.
 
     Weights start He/Xavier-uniform (``U(-1/sqrt(in), 1/sqrt(in))``, PyTorch's
-    ``nn.Linear`` default) from ``numpy.random.default_rng(seed)``. Adam follows
+    ``nn.Linear`` default) from ``numpy.random.default_rng(seed)``, or are copied from
+    ``weights`` (``[W1 (in, out), b1, W2, b2, ...]``) when given. Adam follows
     ``torch.optim.Adam`` with its defaults (``betas=(0.9, 0.999)``, ``eps=1e-8``).
 
     Raises:
-        ValueError: fewer than two sizes, or an activation other than relu/sigmoid.
+        ValueError: fewer than two sizes, an activation other than relu/sigmoid, or
+            ``weights`` that do not hold the parameters of ``sizes``.
     """
 
     def __init__(
@@ -48,6 +50,7 @@ class NumpyMLP:
         dtype: Any,
         seed: int = 0,
         lr: float = 1e-3,
+        weights: list[np.ndarray] | None = None,
     ) -> None:
         if len(sizes) < 2:
             raise ValueError(f"An MLP needs at least an input and an output size, got {sizes!r}")
@@ -62,13 +65,18 @@ class NumpyMLP:
         self.beta1, self.beta2, self.eps = 0.9, 0.999, 1e-8
         shapes = list(zip(sizes[:-1], sizes[1:], strict=False))
         total = sum(n_in * n_out + n_out for n_in, n_out in shapes)
-        rng = np.random.default_rng(seed)
-        host = np.empty(total, dtype=self.dtype)
-        offset = 0
-        for n_in, n_out in shapes:
-            count = n_in * n_out + n_out
-            host[offset : offset + count] = rng.uniform(-1, 1, count) / math.sqrt(n_in)
-            offset += count
+        if weights is None:
+            rng = np.random.default_rng(seed)
+            host = np.empty(total, dtype=self.dtype)
+            offset = 0
+            for n_in, n_out in shapes:
+                count = n_in * n_out + n_out
+                host[offset : offset + count] = rng.uniform(-1, 1, count) / math.sqrt(n_in)
+                offset += count
+        else:
+            host = np.concatenate([np.ravel(w) for w in weights]).astype(self.dtype)
+            if host.size != total:
+                raise ValueError(f"weights hold {host.size} values; sizes {sizes} need {total}")
         self.params = xp.asarray(host)
         self.grads = xp.zeros_like(self.params)
         self.exp_avg = xp.zeros_like(self.params)

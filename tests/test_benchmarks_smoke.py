@@ -18,19 +18,31 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import fusednn
 from benchmarks import compare
-from benchmarks.configs import CONFIGS, gemm_bound_us, gemm_shapes, ratio, select_configs, step_flops
+from benchmarks.configs import (
+    CONFIGS,
+    fit_epoch_steps,
+    gemm_bound_us,
+    gemm_shapes,
+    ratio,
+    select_configs,
+    step_flops,
+)
 from benchmarks.numpy_mlp import NumpyMLP
-from benchmarks.peers import PEERS, build_peer, make_batch, peers_for
+from benchmarks.peers import PEERS, Workload, build_peer, make_batch, peers_for
 from benchmarks.report import (
     cold_start_text,
     detail_table,
     format_ratio,
     format_us,
     markdown_table,
+    pool_reports,
     summarize_times,
     summary_table,
+    targets_table,
 )
+from benchmarks.targets import TARGETS, Target, check, outcomes
 from fusednn.backends.registry import cuda_device_count
 
 # benchmarks/ is not an installed package: pyproject's pytest `pythonpath` puts the root on sys.path for the
@@ -83,6 +95,7 @@ def test_quick_compare_run_on_xor(tmp_path):
         [
             "-m", "benchmarks.compare", "--quick", "--configs", "xor", "--repeats", "1", "--target-s", "0.005",
             "--device", "cpu", "--no-cold-start", "--json", str(out), "--peers", ",".join(RUNNER_PEERS),
+            "--mode", "step",
         ],
         timeout=120,
     )  # fmt: skip
@@ -91,7 +104,7 @@ def test_quick_compare_run_on_xor(tmp_path):
     rows = report["devices"]["cpu"]["results"]
     assert [row["peer"] for row in rows] == list(RUNNER_PEERS)
     for row in rows:
-        assert row["median_us"] > 0 and len(row["us_per_step"]) == 1, row
+        assert row["median_us"] > 0 and len(row["us_per_step"]) == 1 and row["mode"] == "step", row
     assert report["devices"]["cpu"]["gemm"]["best_flops_per_s"] > 0
     assert "| xor | fusednn |" in done.stdout
     assert "## cpu" in done.stdout
@@ -104,11 +117,12 @@ def test_a_run_reports_its_progress_after_each_configuration(monkeypatch, tmp_pa
     """A run stopped by a time limit keeps the configurations it finished (the JSON is rewritten after each)."""
     monkeypatch.setattr(compare, "_worker_json", lambda args: {"best_flops_per_s": 1e9, "best_shape": [8, 8, 8]})
 
-    def fake_time_config(config, device, peers, repeats, target_s, settle_s):
-        return [{"config": config, "peer": "fusednn", **compare.summarize_times([5.0]), "us_per_step": [5.0]}]
+    def fake_time_config(config, device, peers, repeats, target_s, settle_s, mode, **fit):
+        row = {"config": config, "peer": "fusednn", "mode": mode, "us_per_step": [5.0]}
+        return [dict(row, **compare.summarize_times([5.0]))]
 
     monkeypatch.setattr(compare, "time_config", fake_time_config)
-    args = compare.parse_args(["--device", "cpu", "--configs", "xor,digits", "--no-cold-start"])
+    args = compare.parse_args(["--device", "cpu", "--configs", "xor,digits", "--no-cold-start", "--mode", "step"])
     path = tmp_path / "partial.json"
     seen = []
 
@@ -246,7 +260,9 @@ def test_summary_table_ratios():
     assert cells[5] == format_ratio(315.0 / 110.0)  # vs torch (default Adam)
     assert cells[6] == format_ratio(315.0 / 110.0)  # vs the best torch variant: the only one here
     assert cells[7] == format_ratio(200.0 / 110.0)
-    assert cells[9] == format_ratio(110.0 / gemm_bound_us(CONFIGS["digits"], 1e11))
+    assert cells[8] == "–"  # vs jax: not installed
+    assert cells[10] == format_ratio(110.0 / gemm_bound_us(CONFIGS["digits"], 1e11))
+    assert len(cells) == 11  # step mode: issue 11's targets are through fit, so no targets column
 
 
 def test_markdown_table_shape_and_errors():
@@ -267,15 +283,98 @@ def test_cold_start_text():
     cold = {
         "import_s": [0.2, 0.1, 0.3],
         "devices": {
-            "cpu": {"config": "digits", "empty": {"build_s": 0.5, "first_step_s": 4.0},
-                    "warm": {"build_s": 0.4, "first_step_s": 0.05}},
-            "cuda": {"reason": "no GPU"},
+            "cpu": [
+                {"config": "digits", "mode": "step", "empty": {"build_s": 0.5, "first_step_s": 4.0},
+                 "warm": {"build_s": 0.4, "first_step_s": 0.05}},
+                {"config": "digits", "mode": "fit", "epoch_steps": 1000, "empty": {"build_s": 0.5, "first_step_s": 3.0},
+                 "warm": {"build_s": 0.4, "first_step_s": 0.2}},
+            ],
+            "cuda": [{"mode": "step", "reason": "no GPU"}],
+            "old": {"config": "xor", "empty": {"build_s": 0.1, "first_step_s": 1.0},
+                    "warm": {"build_s": 0.1, "first_step_s": 0.01}},  # a report from before the modes
         },
     }  # fmt: skip
     text = cold_start_text(cold)
     assert "`import fusednn`: 100.0 ms min, 200.0 ms median over 3" in text
-    assert "| cpu | digits | empty | 500.0 | 4,000.0 |  |" in text
-    assert "| cuda | – | – | – | – | no GPU |" in text
+    assert "| cpu | digits | step | empty | 500.0 | 4,000.0 | one step |" in text
+    assert "| cpu | digits | fit | warm | 400.0 | 200.0 | 1,000-step epoch |" in text
+    assert "| cuda | – | step | – | – | – | no GPU |" in text
+    assert "| old | xor | step | empty | 100.0 | 1,000.0 | one step |" in text
+
+
+# ------------------------------------------------------------------ issue 11's targets
+
+
+def _timings(config: str, mode: str = "fit", **medians: float) -> list[dict]:
+    """Result rows with made-up medians, e.g. ``_timings("xor", fusednn=2.0, jax=40.0)``."""
+    return [{"config": config, "peer": peer, "mode": mode, "median_us": us} for peer, us in medians.items()]
+
+
+def _target(device: str, config: str, kind: str) -> Target:
+    (target,) = [t for t in TARGETS if t.device == device and t.kind == kind and t.configs and config in t.configs]
+    return target
+
+
+def test_a_speed_up_target_passes_and_fails_on_the_ratio_of_medians():
+    xor = _target("cpu", "xor", "faster")
+    assert (xor.factor, xor.peers, xor.mode) == (15.0, ("jax",), "fit")
+    passed = check(xor, "xor", _timings("xor", fusednn=2.0, jax=30.0), 1e11)
+    assert (passed.measured, passed.passed) == (15.0, True)
+    failed = check(xor, "xor", _timings("xor", fusednn=2.0, jax=29.0), 1e11)
+    assert (failed.measured, failed.passed) == (14.5, False)
+    # A step-mode timing does not count for a target defined through fit.
+    assert check(xor, "xor", _timings("xor", "step", fusednn=2.0, jax=30.0), 1e11).passed is None
+
+
+def test_a_missing_peer_or_fusednn_leaves_a_target_unchecked():
+    xor = _target("cpu", "xor", "faster")
+    unmeasured = check(xor, "xor", _timings("xor", fusednn=2.0, torch=500.0), 1e11)
+    assert (unmeasured.measured, unmeasured.passed, unmeasured.note) == (None, None, "no jax timing")
+    rows = _timings("xor", jax=30.0) + [{"config": "xor", "peer": "fusednn", "mode": "fit", "reason": "failed"}]
+    assert check(xor, "xor", rows, 1e11).note == "no fusednn timing"
+
+
+def test_ahead_of_every_torch_variant_compares_with_the_fastest_one_measured():
+    (every_torch,) = [t for t in TARGETS if t.device == "cpu" and t.configs is None]
+    rows = _timings("digits", fusednn=100.0, torch=400.0, **{"torch-fused": 90.0})
+    outcome = check(every_torch, "digits", rows, None)
+    assert (outcome.measured, outcome.passed, outcome.note) == (0.9, False, "fastest: torch-fused")
+    rows = _timings("digits", fusednn=80.0, torch=400.0, **{"torch-fused": 90.0})
+    assert check(every_torch, "digits", rows, None).passed is True
+
+
+def test_a_bound_target_uses_the_gemm_rate_of_the_same_run():
+    mnist_l = _target("cpu", "mnist-l", "bound")
+    rate = 1e11
+    bound = gemm_bound_us(CONFIGS["mnist-l"], rate)
+    assert check(mnist_l, "mnist-l", _timings("mnist-l", fusednn=bound * 1.05), rate).passed is True
+    assert check(mnist_l, "mnist-l", _timings("mnist-l", fusednn=bound * 1.06), rate).passed is False
+    assert check(mnist_l, "mnist-l", _timings("mnist-l", fusednn=bound), None).note == "no GEMM bound timing"
+    huge = _target("cuda", "huge-batch", "bound")
+    assert huge.factor == 1.1 and CONFIGS["huge-batch"].batch == 65536 and CONFIGS["huge-batch"].sizes[1] == 1024
+
+
+def test_targets_cover_what_the_issue_asks_on_each_device():
+    cpu = {(c, t.label) for c in CONFIGS for t in TARGETS if t.device == "cpu" and t.applies_to(c)}
+    assert ("digits", "≥ 3× jax") in cpu and ("mnist-s", "≥ 1.5× jax") in cpu and ("wide", "≤ 1.05× GEMM bound") in cpu
+    assert all((c, "≥ 1× fastest of torch, torch-foreach, torch-fused") in cpu for c in CONFIGS)
+    cuda = [o.target for o in outcomes("cuda", "fit", _timings("mnist-s", fusednn=1.0), 1e12)]
+    assert cuda == ["≥ 5× fastest of torch, torch-foreach, torch-fused", "≥ 1× jax"]
+    with pytest.raises(ValueError, match="'faster' than some peers or within a 'bound'"):
+        Target("cpu", None, "faster", 2.0)
+
+
+def test_targets_table_and_summary_column():
+    rows = _timings("xor", fusednn=2.0, jax=40.0, torch=500.0) + _timings("mnist-l", fusednn=1e9, torch=1e9 / 2)
+    result = {"gemm": {"best_flops_per_s": 1e11}, "results": rows}
+    table = targets_table(result, "fit", "cpu")
+    assert "| xor | ≥ 15× jax | 20 | pass |  |" in table
+    assert "| xor | ≥ 1× fastest of torch, torch-foreach, torch-fused | 250 | pass | fastest: torch |" in table
+    assert "| mnist-l | ≤ 1.05× GEMM bound |" in table and "| **FAIL** |" in table
+    summary = {line.split(" | ")[0].strip("| "): line for line in summary_table(result, "fit", "cpu").splitlines()}
+    assert summary["config"].endswith("| targets |")
+    assert summary["xor"].endswith("| pass |") and summary["mnist-l"].endswith("| FAIL 2 of 2 |")
+    assert targets_table(result, "step", "cpu") == ""  # the issue's targets are through fit
 
 
 # ------------------------------------------------------------------ arguments
@@ -369,3 +468,118 @@ def test_a_missing_library_makes_the_peer_unavailable():
 
     with pytest.raises(PeerUnavailable, match="JAX and optax are not installed"):
         build_peer("jax", CONFIGS["xor"], "cpu")
+
+
+INSTALLED_PEERS = [p for p in PEERS if p != "jax" or importlib.util.find_spec("jax")]
+
+
+def _losses(peer: str, workload: Workload, calls: int) -> list[float]:
+    step = build_peer(peer, workload, "cpu")
+    losses = [float(step.run()) for _ in range(calls)]
+    step.sync()
+    return losses
+
+
+@pytest.mark.parametrize("name", ["xor", "digits"])
+@pytest.mark.parametrize("peer", INSTALLED_PEERS)
+def test_every_peer_computes_the_same_training(name, peer):
+    """Same weights, data and order: each peer's losses match the hand NumPy MLP's within float32 rounding.
+
+    Step mode: three steps on the fixed batch. Fit mode: two 8-step epochs, whose mean
+    losses agree only if every peer gathers the same rows in the same seeded order.
+    """
+    config = CONFIGS[name]
+    for workload, calls in ((Workload(config), 3), (Workload(config, "fit", 8), 2)):
+        expected = _losses("numpy", workload, calls)
+        np.testing.assert_allclose(_losses(peer, workload, calls), expected, rtol=2e-5, err_msg=workload.mode)
+
+
+def test_fit_mode_peers_draw_nn_fit_order():
+    """The fit-mode loss is nn.fit's: fusednn's epoch equals the numpy peer's mean of its step losses."""
+    workload = Workload(CONFIGS["xor"], "fit", 4)
+    fusednn, numpy = build_peer("fusednn-numpy", workload, "cpu"), build_peer("numpy", workload, "cpu")
+    assert fusednn.steps == numpy.steps == 4
+    first = [fusednn.run(), numpy.run()]
+    second = [fusednn.run(), numpy.run()]
+    np.testing.assert_allclose(first[0], first[1], rtol=1e-6)
+    np.testing.assert_allclose(second[0], second[1], rtol=1e-6)
+    assert first[0] != second[0]
+
+
+def test_workload_rows_and_errors():
+    workload = Workload(CONFIGS["digits"], "fit", 10)
+    x, y = workload.data()
+    assert x.shape == (320, 64) and x.dtype == np.float32 and y.shape == (320,) and y.max() < 10
+    assert np.array_equal(make_batch(CONFIGS["digits"])[0], Workload(CONFIGS["digits"]).data()[0])
+    with pytest.raises(ValueError, match="Unknown mode 'epoch'"):
+        Workload(CONFIGS["xor"], "epoch")
+    with pytest.raises(ValueError, match="A step-mode workload runs 1 step per call, not 5"):
+        Workload(CONFIGS["xor"], "step", 5)
+
+
+def test_fit_epochs_shrink_only_where_the_data_would_not_fit():
+    assert fit_epoch_steps(CONFIGS["xor"]) == fit_epoch_steps(CONFIGS["mnist-s"]) == 1000
+    assert fit_epoch_steps(CONFIGS["mnist-l"]) == 167  # 512 MiB / (1024 rows x 784 float32)
+    assert fit_epoch_steps(CONFIGS["huge-batch"]) == 8  # never fewer than FIT_MIN_STEPS...
+    assert fit_epoch_steps(CONFIGS["xor"], steps=3) == 3  # ...unless fewer are asked for
+
+
+def test_fit_mode_run_on_xor_round_trips_through_json(tmp_path):
+    out = tmp_path / "fit.json"
+    done = _run(
+        [
+            "-m", "benchmarks.compare", "--configs", "xor", "--repeats", "1", "--target-s", "0.005", "--device",
+            "cpu", "--no-cold-start", "--json", str(out), "--peers", "fusednn,numpy", "--mode", "fit",
+            "--fit-steps", "20", "--threads", "1",
+        ],
+        timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    rows = report["devices"]["cpu"]["results"]
+    assert [(row["peer"], row["mode"], row["epoch_steps"]) for row in rows] == [
+        ("fusednn", "fit", 20),
+        ("numpy", "fit", 20),
+    ]
+    assert all(row["steps_per_repeat"] % 20 == 0 and row["median_us"] > 0 for row in rows)
+    targets = {entry["target"]: entry for entry in report["devices"]["cpu"]["targets"]}
+    assert targets["≥ 15× jax"]["passed"] is None and targets["≥ 15× jax"]["note"] == "no jax timing"
+    assert "### cpu, fit mode" in done.stdout and "| xor | ≥ 15× jax | – | – | no jax timing |" in done.stdout
+    assert "20-step epochs" in done.stdout and "first epoch ms" in done.stdout
+    assert f"fusednn {fusednn.__version__}, 1 thread," in done.stdout  # --threads reaches the workers
+    assert "held by: OMP_NUM_THREADS=1, OPENBLAS_NUM_THREADS=1" in done.stdout
+    rendered = _run(["-m", "benchmarks.compare", "--render", str(out)], timeout=60)
+    assert rendered.returncode == 0, rendered.stderr[-3000:]
+    assert rendered.stdout == done.stdout
+
+
+def test_a_report_from_before_the_modes_still_renders():
+    rows = _device_result()["results"]  # rows without a "mode", as the runner wrote them before
+    report = {
+        "command": "python -m benchmarks.compare",
+        "machine": {"cpu": "x", "cores": 2, "python": "3.11", "numpy": "2", "date": "d", "blas": [], "env": {},
+                    "load_average": 0.1},
+        "devices": {"cpu": {"gemm": {"best_flops_per_s": 1e11, "best_shape": [8, 8, 8]}, "results": rows,
+                            "repeats": 3, "target_s": 0.2}},
+    }  # fmt: skip
+    text = compare.render(report)
+    assert "### cpu, step mode" in text and "| digits | torch |" in text and "fit mode" not in text
+
+
+def test_pooling_two_runs_pools_their_repeats_and_keeps_the_best_gemm_rate():
+    def report(gemm: float, fusednn: list[float], jax_row: dict) -> dict:
+        rows = [{"config": "xor", "peer": "fusednn", "mode": "fit", "us_per_step": fusednn, **summarize_times(fusednn)}]
+        device = {"gemm": {"best_flops_per_s": gemm, "best_shape": [8, 8, 8]}, "repeats": 2, "target_s": 0.2}
+        return {"command": "run", "machine": {}, "devices": {"cpu": dict(device, results=rows + [jax_row])}}
+
+    failed = {"config": "xor", "peer": "jax", "mode": "fit", "reason": "failed: killed"}
+    timed = {"config": "xor", "peer": "jax", "mode": "fit", "us_per_step": [40.0, 44.0], "median_us": 42.0}
+    pooled = pool_reports([report(1e9, [5.0, 7.0], failed), report(2e9, [4.0, 9.0], timed)])
+    cpu = pooled["devices"]["cpu"]
+    rows = {row["peer"]: row for row in cpu["results"]}
+    assert rows["fusednn"]["us_per_step"] == [5.0, 7.0, 4.0, 9.0]
+    assert (rows["fusednn"]["min_us"], rows["fusednn"]["median_us"]) == (4.0, 6.0)
+    assert rows["jax"]["median_us"] == 42.0  # measured in the second run only
+    assert cpu["gemm"]["best_flops_per_s"] == 2e9 and cpu["repeats"] == 4 and pooled["command"] == "run + run"
+    with pytest.raises(ValueError, match="No reports"):
+        pool_reports([])
