@@ -39,7 +39,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .configs import CONFIGS, DEVICE_KINDS, FIT_MAX_MB, FIT_STEPS, MODES, fit_epoch_steps, select_configs
+from .configs import CONFIGS, DEVICE_KINDS, FIT_MAX_MB, FIT_STEPS, MODES, STEP, Workload, select_configs
 from .peers import PEERS, peers_for
 from .report import mode_rows, modes_in, pool_reports, render, summarize_times
 from .targets import as_json, outcomes
@@ -138,18 +138,19 @@ def _log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def worker_args(
-    peer: str,
-    config: str,
-    device: str,
-    target_s: float,
-    mode: str = "step",
-    fit_steps: int = FIT_STEPS,
-    fit_max_mb: float = FIT_MAX_MB,
-) -> list[str]:
-    """The command line of a worker timing ``peer`` on ``config`` in ``mode``."""
-    args = ["--peer", peer, "--config", config, "--device", device, "--target-s", str(target_s), "--mode", mode]
-    return args + ["--fit-steps", str(fit_steps), "--fit-max-mb", str(fit_max_mb)]
+def worker_args(peer: str, config: str, device: str, target_s: float, workload: Workload = STEP) -> list[str]:
+    """The command line of a worker timing ``peer`` on ``config`` with ``workload``."""
+    return [
+        "--peer",
+        peer,
+        "--config",
+        config,
+        "--device",
+        device,
+        "--target-s",
+        str(target_s),
+        *workload.worker_flags(),
+    ]
 
 
 def time_config(
@@ -159,24 +160,23 @@ def time_config(
     repeats: int,
     target_s: float,
     settle_s: float,
-    mode: str = "step",
-    fit_steps: int = FIT_STEPS,
-    fit_max_mb: float = FIT_MAX_MB,
+    workload: Workload = STEP,
 ) -> list[dict[str, Any]]:
-    """Time every peer on one configuration in ``mode``, alternating between them over ``repeats`` rounds.
+    """Time every peer on one configuration with ``workload``, alternating between them over ``repeats`` rounds.
 
     Workers start one after another (each is fully warmed up before the next starts),
     then each round asks every worker for one block, the starting worker rotating.
     ``settle_s`` of idle time after each block lets the finished peer's threads go to
     sleep before the next peer's clock starts.
     """
+    mode = workload.mode
     results: list[dict[str, Any]] = []
     workers: list[tuple[dict[str, Any], Worker]] = []
     for peer in peers:
         row: dict[str, Any] = {"config": config, "peer": peer, "mode": mode}
         results.append(row)
         try:
-            worker = Worker(worker_args(peer, config, device, target_s, mode, fit_steps, fit_max_mb))
+            worker = Worker(worker_args(peer, config, device, target_s, workload))
         except WorkerError as error:
             row["reason"] = f"failed: {error}"
             _log(f"  {config} {mode} {peer}: {row['reason']}")
@@ -223,19 +223,18 @@ def measure_import(samples: int = IMPORT_SAMPLES) -> list[float]:
     ]
 
 
-def cold_start(
-    device: str, config: str = COLD_START_CONFIG, mode: str = "step", fit_steps: int = FIT_STEPS
-) -> dict[str, Any]:
+def cold_start(device: str, config: str = COLD_START_CONFIG, workload: Workload = STEP) -> dict[str, Any]:
     """fusednn's first step (``fit`` mode: first epoch) in a fresh process with an empty JIT/kernel cache, then warm.
 
     ``NUMBA_CACHE_DIR`` and ``CUPY_CACHE_DIR`` point at a new temporary directory,
     so the first process compiles every kernel it needs and the second finds them cached.
     """
+    mode = workload.mode
     entry: dict[str, Any] = {"config": config, "mode": mode}
     with tempfile.TemporaryDirectory(prefix="fusednn-cold-") as cache:
         env = {"NUMBA_CACHE_DIR": cache, "CUPY_CACHE_DIR": cache}
         for label in ("empty", "warm"):
-            args = [*worker_args("fusednn", config, device, 0.01, mode, fit_steps), "--no-serve"]
+            args = [*worker_args("fusednn", config, device, 0.01, workload), "--no-serve"]
             try:
                 worker = Worker(args, env=env)
             except WorkerError as error:
@@ -438,6 +437,7 @@ def run(args: argparse.Namespace, progress: Callable[[dict[str, Any]], None] | N
         "devices": {},
     }
     devices = ["cpu", "cuda"] if args.device == "all" else [args.device]
+    workloads = [Workload(mode, args.fit_steps, args.fit_max_mb) for mode in args.modes]
     gpus = gpu_count() if "cuda" in devices else 0
     for device in devices:
         if device == "cuda" and gpus == 0:
@@ -455,13 +455,10 @@ def run(args: argparse.Namespace, progress: Callable[[dict[str, Any]], None] | N
             "target_s": args.target_s,
         }
         for config in configs:
-            for mode in args.modes:
-                epoch = f", {fit_epoch_steps(CONFIGS[config], args.fit_steps, args.fit_max_mb)}-step epochs"
-                _log(f"{device}: {config}, {mode} mode{epoch if mode == 'fit' else ''}")
-                results += time_config(
-                    config, device, peers, args.repeats, args.target_s, args.settle_s,
-                    mode=mode, fit_steps=args.fit_steps, fit_max_mb=args.fit_max_mb,
-                )  # fmt: skip
+            for workload in workloads:
+                epoch = f", {workload.epoch_steps(CONFIGS[config])}-step epochs"
+                _log(f"{device}: {config}, {workload.mode} mode{epoch if workload.mode == 'fit' else ''}")
+                results += time_config(config, device, peers, args.repeats, args.target_s, args.settle_s, workload)
             report["devices"][device]["targets"] = device_targets(report["devices"][device], device)
             if progress is not None:
                 progress(report)
@@ -471,7 +468,7 @@ def run(args: argparse.Namespace, progress: Callable[[dict[str, Any]], None] | N
         report["cold_start"] = {
             "import_s": measure_import(),
             "devices": {
-                device: [cold_start(device, mode=mode, fit_steps=args.fit_steps) for mode in args.modes]
+                device: [cold_start(device, workload=workload) for workload in workloads]
                 for device in devices
                 if device == "cpu" or gpus
             },

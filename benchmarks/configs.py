@@ -105,6 +105,31 @@ def fit_epoch_steps(config: Config, steps: int = FIT_STEPS, max_mb: float = FIT_
     return min(steps, max(FIT_MIN_STEPS, int(max_mb // batch_mb)))
 
 
+@dataclass(frozen=True)
+class Workload:
+    """What a worker times: ``mode`` (``"step"``, one fixed batch, or ``"fit"``, whole epochs) and the epoch length.
+
+    >>> Workload("fit").epoch_steps(CONFIGS["mnist-l"])
+    167
+    """
+
+    mode: str = "step"
+    fit_steps: int = FIT_STEPS
+    fit_max_mb: float = FIT_MAX_MB
+
+    def epoch_steps(self, config: Config) -> int:
+        """Steps in one ``fit``-mode epoch of ``config`` (see :func:`fit_epoch_steps`)."""
+        return fit_epoch_steps(config, self.fit_steps, self.fit_max_mb)
+
+    def worker_flags(self) -> list[str]:
+        """The flags that give a worker (:mod:`benchmarks._worker`) this workload."""
+        return ["--mode", self.mode, "--fit-steps", str(self.fit_steps), "--fit-max-mb", str(self.fit_max_mb)]
+
+
+STEP = Workload()
+"""The default workload: one training step on a fixed batch."""
+
+
 def step_flops(config: Config) -> int:
     """Floating-point operations of the GEMMs in one training step.
 

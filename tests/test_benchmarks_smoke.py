@@ -117,8 +117,8 @@ def test_a_run_reports_its_progress_after_each_configuration(monkeypatch, tmp_pa
     """A run stopped by a time limit keeps the configurations it finished (the JSON is rewritten after each)."""
     monkeypatch.setattr(compare, "_worker_json", lambda args: {"best_flops_per_s": 1e9, "best_shape": [8, 8, 8]})
 
-    def fake_time_config(config, device, peers, repeats, target_s, settle_s, mode, **fit):
-        row = {"config": config, "peer": "fusednn", "mode": mode, "us_per_step": [5.0]}
+    def fake_time_config(config, device, peers, repeats, target_s, settle_s, workload):
+        row = {"config": config, "peer": "fusednn", "mode": workload.mode, "us_per_step": [5.0]}
         return [dict(row, **compare.summarize_times([5.0]))]
 
     monkeypatch.setattr(compare, "time_config", fake_time_config)
