@@ -57,9 +57,13 @@ def check_seed(seed: Any, name: str = "seed") -> int | None:
     return int(seed)
 
 
-def _where(index: tuple[int, ...], offset: int = 0) -> str:
-    """``"row 3"``, ``"row 3, column 1"`` or ``"index (3, 1, 0)"`` for an entry, its row shifted by ``offset``."""
-    row = index[0] + offset
+def entry_location(index: tuple[int, ...]) -> str:
+    """``"row 3"``, ``"row 3, column 1"`` or ``"index (3, 1, 0)"``: where an entry is, as error messages say it.
+
+    >>> entry_location((3, 1))
+    'row 3, column 1'
+    """
+    row = index[0]
     if len(index) == 1:
         return f"row {row}"
     if len(index) == 2:
@@ -112,11 +116,12 @@ def check_finite(a: np.ndarray, name: str, dtype: np.dtype) -> None:
     index, value = found
     if np.isfinite(value):
         raise ValueError(
-            f"{name} contains {value:g} at {_where(index)}, beyond the range of {dtype.name}, the model's "
+            f"{name} contains {value:g} at {entry_location(index)}, beyond the range of {dtype.name}, the model's "
             "dtype; rescale the data (e.g. nn.data.StandardScaler) or build the model with dtype='float64'"
         )
     raise ValueError(
-        f"{name} contains {value} at {_where(index)}; fusednn needs finite data: drop or impute these entries first"
+        f"{name} contains {value} at {entry_location(index)}; "
+        "fusednn needs finite data: drop or impute these entries first"
     )
 
 
@@ -130,7 +135,7 @@ def check_probabilities(t: np.ndarray, name: str, loss_name: str) -> None:
     if found is not None:
         index, value = found
         raise ValueError(
-            f"{name} contains {value:g} at {_where(index)}; {loss_name} targets must be probabilities in [0, 1]"
+            f"{name} contains {value:g} at {entry_location(index)}; {loss_name} targets must be probabilities in [0, 1]"
         )
 
 
@@ -191,7 +196,7 @@ def check_class_labels(y: np.ndarray, n_classes: int, name: str) -> None:
         index, value = found
         raise ValueError(
             f"{name} class labels must lie in [0, {n_classes}) for {n_classes} output columns, "
-            f"got {value} at {_where(index)}"
+            f"got {value} at {entry_location(index)}"
         )
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from ..validation import check_seed
+from ..validation import check_seed, entry_location, first_outside
 from . import files
 
 BUILTIN_DATASETS: tuple[str, ...] = ("digits", "xor", "synthetic")
@@ -149,11 +149,12 @@ def _check_finite(array: np.ndarray, what: str, name: str) -> None:
     """Reject NaN and infinity up front, naming the first bad row (and column) of the file."""
     if array.dtype.kind != "f":
         return
-    bad = np.argwhere(~np.isfinite(array))
-    if bad.size:
-        where = f"row {bad[0][0]}" + (f", column {bad[0][1]}" if array.ndim == 2 else "")
+    limit = float(np.finfo(array.dtype).max)  # every finite value of the array's own dtype passes
+    found = first_outside(array, -limit, limit)
+    if found is not None:
+        index, value = found
         raise ValueError(
-            f"{name!r}: the {what} hold {array[tuple(bad[0])]} at {where} (counted from 0 among the data rows); "
+            f"{name!r}: the {what} hold {value} at {entry_location(index)} (counted from 0 among the data rows); "
             "fusednn needs finite numbers: drop or fill in the missing values first"
         )
 
