@@ -123,7 +123,11 @@ def check_can_write(path: str | os.PathLike) -> None:
 
 def naming(path: str | os.PathLike, error: OSError, action: str = "write") -> OSError:
     """``error`` retold with the user's path (never a temporary's), keeping its errno and so its subclass."""
-    message = f"Cannot {action} {str(path)!r}: {error.strerror or error}"
+    return retold(error, f"Cannot {action} {str(path)!r}: {error.strerror or error}")
+
+
+def retold(error: OSError, message: str) -> OSError:
+    """An ``OSError`` with ``message`` and ``error``'s errno, so it is the same subclass (``FileNotFoundError``...)."""
     return OSError(error.errno, message) if error.errno is not None else OSError(message)
 
 

@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from .atomic import check_can_write, naming, write_atomically
+from .atomic import check_can_write, naming, retold, write_atomically
 from .callbacks import NonFiniteStateError
 from .hyperparameters import as_real
 from .model import Sequential
@@ -348,8 +348,7 @@ class EpochCheckpoints:
         try:
             write_checkpoint(self.path, model, optimizer, {**self.extra, "history": merged})
         except OSError as error:
-            message = f"{error.strerror or error}; {self.on_disk()}"
-            raise (OSError(error.errno, message) if error.errno is not None else OSError(message)) from None
+            raise retold(error, f"{error.strerror or error}; {self.on_disk()}") from None
         self.saved_epoch = int(model.epochs_trained)
 
     def on_disk(self) -> str:
