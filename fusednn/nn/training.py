@@ -109,13 +109,10 @@ class _Data:
         backend = model.backend
         self.n = x.shape[0]
         self.y_host = y
-        if loss.task == "multiclass" and y.ndim == 1:
-            self.y = backend.asindex(y)
-        else:
-            self.y = backend.asarray(y, dtype=model.dtype)
-        self.x = backend.asarray(x, dtype=model.dtype)
         #: Whether the targets are class labels ``(N,)`` rather than rows.
         self.labels = loss.task == "multiclass" and y.ndim == 1
+        self.y = backend.asindex(y) if self.labels else backend.asarray(y, dtype=model.dtype)
+        self.x = backend.asarray(x, dtype=model.dtype)
 
 
 def _epoch_logs(
