@@ -101,7 +101,11 @@ class CompiledEpoch:
         self._no_rows = np.empty((0, plan.layers[-1].out_features), dtype=dtype)
 
     def _rates(self, learning_rates: Sequence[float], step_count: int) -> np.ndarray:
-        """Each update's ``(rate, sqrt(1 - beta2^t))``; for Adam the rate is its step size ``lr / (1 - beta1^t)``."""
+        """Each update's ``(rate, sqrt(1 - beta2^t))``; for Adam the rate is its step size ``lr / (1 - beta1^t)``.
+
+        :func:`~fusednn.backends.base.adam_scalars` vectorised over the epoch's updates: a Python call
+        per update would cost about 1 µs, a third of a whole xor step on this path.
+        """
         lr = np.asarray(learning_rates, dtype=np.float64)
         rates = np.zeros((lr.shape[0], 2))
         if self._optimizer_code == kernel.ADAM:
