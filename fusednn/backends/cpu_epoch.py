@@ -104,7 +104,7 @@ class CompiledEpoch:
         """Each update's ``(rate, sqrt(1 - beta2^t))``; for Adam the rate is its step size ``lr / (1 - beta1^t)``.
 
         :func:`~fusednn.backends.base.adam_scalars` vectorised over the epoch's updates: a Python call
-        per update would cost about 1 µs, a third of a whole xor step on this path.
+        per update costs 0.37 µs (measured), an eighth of a whole xor step on this path.
         """
         lr = np.asarray(learning_rates, dtype=np.float64)
         rates = np.zeros((lr.shape[0], 2))
