@@ -21,6 +21,7 @@ from typing import Any
 
 from .. import nn
 from ..nn.data import SCALERS
+from ..nn.hyperparameters import as_real
 from .errors import CommandError, ExitStatus, failing_as
 from .flags import MAY_CHANGE_ON_RESUME, NOT_FROM_THE_RECORD, FlagError, describe, parse_record
 
@@ -78,7 +79,7 @@ def history(checkpoint: nn.Checkpoint) -> dict[str, list[float]]:
     if not isinstance(saved, dict) or not all(isinstance(key, str) for key in saved):
         raise _malformed(checkpoint.path, f"its saved history is not a dict of lists: {saved!r:.60}")
     for key, values in saved.items():
-        if not isinstance(values, list) or not all(_is_number(value) for value in values):
+        if not isinstance(values, list) or not all(as_real(value) is not None for value in values):
             raise _malformed(checkpoint.path, f"its saved history {key!r} is not a list of numbers: {values!r:.60}")
         if len(values) != checkpoint.epoch:
             raise _malformed(
@@ -141,10 +142,6 @@ def _same(dest: str, args: argparse.Namespace, record: argparse.Namespace) -> bo
 
 def _describe_saved(dest: str, value: Any) -> str:
     return f"no {describe(dest, True)}" if value is None or value is False else describe(dest, value)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _malformed(path: str, problem: str) -> CommandError:
