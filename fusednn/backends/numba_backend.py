@@ -154,16 +154,8 @@ class NumbaBackend(Backend):
         z = np.empty((x.shape[0], W.shape[1]), dtype=x.dtype)
         np.matmul(x, W, out=z)
         y = z if activation == "identity" else np.empty_like(z)
-        self._launch(
-            dense.bias_activation,
-            dense.bias_activation_parallel,
-            z.size,
-            z.shape[0],
-            ACTIVATION_CODES[activation],
-            z,
-            b,
-            y,
-        )
+        epilogue = dense.for_activation(ACTIVATION_CODES[activation])
+        self._launch(epilogue.bias_activation, epilogue.bias_activation_parallel, z.size, z.shape[0], z, b, y)
         return y, z
 
     def dense_backward(
@@ -195,12 +187,12 @@ class NumbaBackend(Backend):
     ) -> Array | None:
         """:meth:`dense_backward` without its checks (see :class:`~fusednn.backends.base.Backend`)."""
         dz = np.empty_like(dy)
+        epilogue = dense.for_activation(ACTIVATION_CODES[activation])
         self._launch(
-            dense.activation_grad_bias,
-            dense.activation_grad_bias_parallel,
+            epilogue.activation_grad_bias,
+            epilogue.activation_grad_bias_parallel,
             dz.size,
             dz.shape[0],
-            ACTIVATION_CODES[activation],
             dy,
             z,
             y,

@@ -327,7 +327,10 @@ def train_epoch(
                     accumulated[k] += grads[k] * share
             if step % accumulate != accumulate - 1 and start + rows != n:
                 continue
-            grads[:] = accumulated
+            # A loop, not ``grads[:] = accumulated``: Numba compiles an array-to-slice assignment with its
+            # shape-mismatch message, whose string formatting cost 3 of the kernel's 15 s cold compile.
+            for k in range(grads.shape[0]):
+                grads[k] = accumulated[k]
         _optimizer_update(
             optimizer_code,
             params,
