@@ -17,6 +17,7 @@ import numpy as np
 
 from ..kernels.activation_codes import ACTIVATION_CODES
 from ..kernels.cpu import epoch as kernel
+from .background_compile import Specialisation
 from .epoch_plan import EpochPlan
 
 Array = Any
@@ -99,6 +100,7 @@ class CompiledEpoch:
         self._accumulated = np.zeros(plan.params.shape[0], dtype=dtype) if plan.accumulate > 1 else empty
         self._no_labels = np.empty(0, dtype=np.int64)
         self._no_rows = np.empty((0, plan.layers[-1].out_features), dtype=dtype)
+        self._kernel = Specialisation(kernel.train_epoch, self._example_arguments())
 
     def _rates(self, learning_rates: Sequence[float], step_count: int) -> np.ndarray:
         """Each update's ``(rate, sqrt(1 - beta2^t))``; for Adam the rate is its step size ``lr / (1 - beta1^t)``.
@@ -117,6 +119,18 @@ class CompiledEpoch:
             rates[:, 0] = lr
         return rates.astype(self._plan.dtype)
 
+    path = "compiled"
+    """What ``fit`` reports in ``History.params["epoch_path"]`` for the epochs this trainer runs."""
+
+    def ready(self) -> bool:
+        """Whether the epoch kernel for this plan's dtype runs now without compiling (see :meth:`compile`)."""
+        return self._kernel.ready()
+
+    def compile(self, wait: bool) -> None:
+        """Compile the epoch kernel for this dtype (several seconds, once; then cached on disk), or start that
+        on a background thread and return at once (``wait=False``)."""
+        self._kernel.compile(wait)
+
     def __call__(
         self,
         x: Array,
@@ -128,15 +142,34 @@ class CompiledEpoch:
         outputs: Array | None,
     ) -> None:
         """Train one epoch; see :class:`~fusednn.backends.epoch_plan.EpochTrainer`."""
+        _train_epoch(
+            *self._arguments(x, y, order, self._rates(learning_rates, step_count), step_count, step_losses, outputs)
+        )
+
+    def _arguments(
+        self,
+        x: Array,
+        y: Array,
+        order: np.ndarray | None,
+        rates: np.ndarray,
+        step_count: int,
+        step_losses: Array,
+        outputs: Array | None,
+    ) -> tuple[Any, ...]:
+        """:func:`~fusednn.kernels.cpu.epoch.train_epoch`'s arguments, each of the type its one specialisation takes.
+
+        The kernel only reads ``x`` and ``y``, but a read-only array is another Numba type, and so another
+        specialisation to compile: such data is copied instead (once per epoch).
+        """
         plan = self._plan
-        x = np.ascontiguousarray(x)
+        x = _writable(np.ascontiguousarray(x))
         n = x.shape[0]
         if plan.labels:
-            labels, rows = np.ascontiguousarray(y, dtype=np.int64), self._no_rows
+            labels, rows = _writable(np.ascontiguousarray(y, dtype=np.int64)), self._no_rows
         else:
-            labels, rows = self._no_labels, np.ascontiguousarray(y).reshape(n, -1)
+            labels, rows = self._no_labels, _writable(np.ascontiguousarray(y).reshape(n, -1))
         order = np.arange(n, dtype=np.int64) if order is None else np.ascontiguousarray(order, dtype=np.int64)
-        _train_epoch(
+        return (
             x,
             labels,
             rows,
@@ -153,13 +186,24 @@ class CompiledEpoch:
             self._flag,
             self._hyper,
             *self._states,
-            self._rates(learning_rates, step_count),
+            rates,
             step_count,
             self._workspace,
             step_losses,
             self._no_rows if outputs is None else outputs,
             LOOP_GEMM_MAX,
         )
+
+    def _example_arguments(self) -> tuple[Any, ...]:
+        """Arguments of one-row data, typed as every epoch's are: the signature to compile."""
+        plan, dtype = self._plan, self._plan.dtype
+        x = np.zeros((1, plan.layers[0].in_features), dtype=dtype)
+        y = np.zeros(1, dtype=np.int64) if plan.labels else np.zeros((1, plan.layers[-1].out_features), dtype=dtype)
+        return self._arguments(x, y, None, np.zeros((1, 2), dtype=dtype), 0, np.zeros(1, dtype=dtype), None)
+
+
+def _writable(a: np.ndarray) -> np.ndarray:
+    return a if a.flags.writeable else a.copy()
 
 
 def compile_plan(plan: EpochPlan) -> CompiledEpoch | None:

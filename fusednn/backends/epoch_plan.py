@@ -86,7 +86,22 @@ class EpochTrainer(Protocol):
         outputs: receives the model's outputs ``(N, out_features)`` in visiting order, or ``None``.
 
     The caller updates the optimizer's step count and learning rate afterwards.
+
+    A trainer may need compiling before its first call (seconds, once per process or
+    install): :meth:`ready` says whether a call would run at once, and :meth:`compile`
+    compiles, or starts compiling in the background, so ``fit`` can train per step meanwhile.
     """
+
+    path: str
+    """What ``fit`` reports in ``History.params["epoch_path"]`` for the epochs the trainer runs."""
+
+    def ready(self) -> bool:
+        """Whether a call now runs without compiling first."""
+        ...
+
+    def compile(self, wait: bool) -> None:
+        """Compile what a call needs, now (``wait``), or on a background thread, returning at once."""
+        ...
 
     def __call__(
         self,

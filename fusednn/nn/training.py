@@ -26,6 +26,10 @@ Design choices, each so that one code path serves every device:
   loop and fills the same step-loss vector, so everything after the epoch is shared.
   Without a trainer (another backend, a layer, loss or optimizer with no compiled
   form) each step runs from Python. ``History.params["epoch_path"]`` says which ran.
+* A trainer that must compile first (the cpu epoch kernel, once per install: seconds)
+  does so in the background: the epochs run per step until it is ready, from the first
+  epoch boundary after (``epoch_path="auto"``). ``epoch_path="compiled"`` waits for it
+  instead, so every epoch takes the same path whatever the state of the JIT cache.
 """
 
 from __future__ import annotations
@@ -34,8 +38,9 @@ import logging
 import math
 import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 import numpy as np
@@ -232,6 +237,8 @@ class _Loop:
     metric_list: list[metrics_module.Metric]
     on_disk: Callable[[], str] = _no_checkpoint
     trainer: EpochTrainer | None = None
+    paths: list[str] = field(default_factory=list)
+    """The path each epoch took so far (``"per-step"`` or the trainer's ``path``)."""
 
     def run_epoch(self, epoch: int, bar: Any) -> dict[str, float]:
         """Train one epoch; returns its logs. The loop's direct array arithmetic runs on the model's device."""
@@ -239,8 +246,11 @@ class _Loop:
             return self._run_epoch(epoch, bar)
 
     def _run_epoch(self, epoch: int, bar: Any) -> dict[str, float]:
-        if self.trainer is not None:
-            return self._run_compiled_epoch(epoch, bar, self.trainer)
+        trainer = self.trainer
+        if trainer is not None and self._trainer_ready(trainer):
+            self.paths.append(trainer.path)
+            return self._run_compiled_epoch(epoch, bar, trainer)
+        self.paths.append("per-step")
         model, backend, data, batch = self.model, self.model.backend, self.data, self.batch_size
         params = model.parameters()
         steps = math.ceil(data.n / batch)
@@ -290,8 +300,25 @@ class _Loop:
                     self.optimizer.step()
             else:
                 self.optimizer.step()
+            if i == 0 and self.trainer is not None:
+                # The per-step kernels have compiled by now, so the trainer's compile does not hold them up.
+                self.trainer.compile(wait=False)
             bar.update(1)
         return self._epoch_end(epoch, steps, step_losses, outputs, order)
+
+    def _trainer_ready(self, trainer: EpochTrainer) -> bool:
+        """Whether the trainer runs now; if its background compile failed, drops it (with a warning)."""
+        try:
+            return trainer.ready()
+        except Exception as error:  # a bug of ours, not the user's: train on, per step, and say so
+            warnings.warn(
+                f"the {trainer.path!r} epoch path failed to compile ({type(error).__name__}: {error}); "
+                "fit trains per step instead",
+                RuntimeWarning,
+                stacklevel=5,
+            )
+            self.trainer = None
+            return False
 
     def _run_compiled_epoch(self, epoch: int, bar: Any, trainer: EpochTrainer) -> dict[str, float]:
         """The epoch of :meth:`_run_epoch` in one call of the backend's trainer: same order, rates and buffers."""
@@ -393,6 +420,7 @@ def fit(
     schedule_interval: str = "step",
     accumulate: int = 1,
     eval_batch_size: int = 4096,
+    epoch_path: str = "auto",
 ) -> History:
     """Train ``model`` on ``(x, y)`` for ``epochs`` more epochs with mini-batch gradient descent.
 
@@ -428,14 +456,21 @@ def fit(
         accumulate: micro-batches per optimizer step; each gradient is weighted by its share of
             the rows, so ``accumulate=k`` equals ``batch_size * k`` without the memory.
         eval_batch_size: rows per batch of the validation pass.
+        epoch_path: ``"auto"``: each epoch in one compiled call where the backend offers it, starting
+            per step while that compiles in the background (the first cpu ``fit`` of a fresh install:
+            seconds), switching at the next epoch boundary; ``"compiled"``: wait for the compile, so
+            every epoch is compiled and a run's numbers do not depend on how warm the JIT cache was
+            (a ``ValueError`` if there is no compiled form); ``"per-step"``: every step from Python.
 
     Returns:
         A :class:`History` with one value per epoch of ``loss``, each metric, and their ``val_`` forms.
         ``history.params["epoch_path"]`` says how the epochs ran: ``"compiled"``, each epoch one
         compiled call of the backend (the ``"cpu"`` backend, for :class:`~fusednn.nn.Dense` stacks
-        with the built-in losses and optimizers), or ``"per-step"``, each step driven from Python
+        with the built-in losses and optimizers), ``"per-step"``, each step driven from Python
         (the ``"numpy"`` and ``"cuda"`` backends, and any layer, loss or optimizer subclass of
-        your own). Both give the same numbers, to rounding.
+        your own), or ``"per-step, then compiled"`` while the compiled form was still compiling;
+        ``history.params["compiled_epochs"]`` counts the compiled ones. Both paths give the same
+        numbers, to rounding.
 
     Raises:
         ValueError / TypeError: before training, bad arguments, named with what was expected, and
@@ -462,6 +497,8 @@ def fit(
     batch_size = _check_positive_int("batch_size", batch_size)
     accumulate = _check_positive_int("accumulate", accumulate)
     eval_batch_size = _check_positive_int("eval_batch_size", eval_batch_size)
+    if epoch_path not in EPOCH_PATHS:
+        raise ValueError(f"epoch_path must be one of {EPOCH_PATHS}, got {epoch_path!r}")
     if schedule_interval not in ("step", "epoch"):
         raise ValueError(f"schedule_interval must be 'step' or 'epoch', got {schedule_interval!r}")
     if schedule is not None and not callable(schedule):
@@ -502,8 +539,8 @@ def fit(
     )
     if checkpoints is not None:
         loop.on_disk = checkpoints.on_disk
-    plan = epoch_plan(model, loss_fn, opt, batch_size, accumulate, train.labels)
-    loop.trainer = None if plan is None else model.backend.epoch_trainer(plan)
+    if epoch_path != "per-step":
+        loop.trainer = _trainer(model, loss_fn, opt, batch_size, accumulate, train.labels, epoch_path == "compiled")
     first = int(model.epochs_trained)
     last = first + epochs
     history = History(
@@ -516,7 +553,8 @@ def fit(
             "samples": train.n,
             "seed": seed,
             "device": model.device,
-            "epoch_path": "per-step" if loop.trainer is None else "compiled",
+            "epoch_path": "per-step" if loop.trainer is None else loop.trainer.path,
+            "compiled_epochs": 0,
         },
         optimizer=opt,
     )
@@ -533,6 +571,8 @@ def fit(
                 logs.update({f"val_{key}": value for key, value in val_logs.items()})
             bar.set_postfix({key: f"{value:.4g}" for key, value in logs.items()})
         model.epochs_trained = epoch + 1
+        history.params["epoch_path"] = ", then ".join(dict.fromkeys(loop.paths))
+        history.params["compiled_epochs"] = sum(path != "per-step" for path in loop.paths)
         history._record(epoch, logs)
         logger.info("epoch %d/%d: %s", epoch + 1, last, "  ".join(f"{k}={v:.6g}" for k, v in logs.items()))
         stop = early_stopping is not None and early_stopping._update(epoch, logs, model.parameters().data)
@@ -545,6 +585,31 @@ def fit(
     if early_stopping is not None:
         early_stopping._restore(model.parameters().data)
     return history
+
+
+EPOCH_PATHS: tuple[str, ...] = ("auto", "compiled", "per-step")
+"""Valid values of :func:`fit`'s ``epoch_path``."""
+
+
+def _trainer(
+    model: Any, loss: Loss, optimizer: Optimizer, batch_size: int, accumulate: int, labels: bool, wait: bool
+) -> EpochTrainer | None:
+    """The backend's compiled trainer of this training, if any; compiled before returning when ``wait``."""
+    plan = epoch_plan(model, loss, optimizer, batch_size, accumulate, labels)
+    trainer = None if plan is None else model.backend.epoch_trainer(plan)
+    if wait:
+        if plan is None:
+            raise ValueError(
+                "epoch_path='compiled': this training has no compiled form (only nn.Dense layers with the "
+                "built-in losses and optimizers, by their exact classes, have one); use 'auto' or 'per-step'"
+            )
+        if trainer is None:
+            raise ValueError(
+                f"epoch_path='compiled': the {model.backend.name!r} backend compiles no epochs of this model; "
+                "use 'auto' or 'per-step'"
+            )
+        trainer.compile(wait=True)
+    return trainer
 
 
 def _build_optimizer(
