@@ -303,3 +303,20 @@ def test_a_label_metric_that_does_not_fit_the_loss_fails_before_training(data) -
     np.testing.assert_array_equal(model.get_weights()[0], nn.MLP([3, 4, 3], device="numpy", seed=0).get_weights()[0])
     with pytest.raises(ValueError, match="'f1' compares class labels, but loss 'mae' is a regression loss"):
         nn.evaluate(model, x, multi_label, loss="mae", metrics=["f1"])
+
+
+@pytest.mark.parametrize("dtype", ["int8", "uint8", "int64", ">i8", "<i4", "uint64"])
+def test_class_labels_are_checked_in_any_integer_dtype_and_byte_order(dtype: str) -> None:
+    from fusednn.nn.validation import check_class_labels
+
+    check_class_labels(np.array([0, 2, 1], dtype=dtype), 3, "y")
+    check_class_labels(np.array([], dtype=dtype), 3, "y")
+    with pytest.raises(ValueError, match=r"y class labels must lie in \[0, 3\) for 3 output columns, got 3 at row 1"):
+        check_class_labels(np.array([0, 3], dtype=dtype), 3, "y")
+    if np.dtype(dtype).kind == "i":
+        with pytest.raises(ValueError, match="got -1 at row 2"):
+            check_class_labels(np.array([0, 1, -1], dtype=dtype), 3, "y")
+    if np.dtype(dtype).itemsize == 8:
+        # 2**57 in a big-endian array reads as 2 in little-endian bytes: the check must not be fooled.
+        with pytest.raises(ValueError, match=f"got {2**57} at row 0"):
+            check_class_labels(np.array([2**57], dtype=dtype), 3, "y")

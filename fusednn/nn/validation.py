@@ -191,6 +191,10 @@ def check_class_labels(y: np.ndarray, n_classes: int, name: str) -> None:
             raise TypeError(f"{name} class labels must be integers, got {y[row]} at row {row}")
     elif y.dtype.kind not in "iu":
         raise TypeError(f"{name} class labels must be integers, got an array of dtype {y.dtype.name!r}")
+    elif y.size == 0 or y.view(y.dtype.str.replace("i", "u")).max() < n_classes:
+        # Integers in range, in one reduction (this runs in every step of a loop written by hand): seen as
+        # unsigned, a negative label is above any class count.
+        return
     found = first_outside(y, 0, n_classes - 1)
     if found is not None:
         index, value = found
