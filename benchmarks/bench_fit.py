@@ -5,9 +5,8 @@ per standard configuration on every device (on the cpu, one compiled call:
 ``History.params["epoch_path"]``). Run as a script, it compares the two cpu paths side
 by side in µs per step. Each (configuration, path) runs in a fresh process: one warm-up
 epoch (compiles and fills the caches), then ``--repeats`` timed epochs of ``--steps``
-steps each; the best epoch counts (the machine may be shared). The per-step path is
-forced by making the training loop find no plan for the model, which is what ``fit``
-does for a layer without a compiled form.
+steps each; the best epoch counts (the machine may be shared). Each path is chosen
+with ``fit(epoch_path=...)``.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m benchmarks.bench_fit --configs xor digits
 """
@@ -58,12 +57,9 @@ def test_fit_epoch(device: str, backend: Any, measure: Any, case: str) -> None:
 def measure(name: str, path: str, steps: int, repeats: int) -> dict[str, float | str]:
     """Best µs per step over ``repeats`` epochs of ``steps`` steps of configuration ``name`` on ``path``."""
     from fusednn import nn
-    from fusednn.nn import training
 
-    if path == "per-step":
-        training.epoch_plan = lambda *args: None  # no plan: fit steps from Python
     x, y, model, opt = _problem(CONFIGS[name], "cpu", steps)
-    kwargs = {"batch_size": CONFIGS[name].batch, "progress": False}
+    kwargs = {"batch_size": CONFIGS[name].batch, "progress": False, "epoch_path": path}
     history = nn.fit(model, x, y, optimizer=opt, epochs=1, **kwargs)
     best = float("inf")
     for _ in range(repeats):

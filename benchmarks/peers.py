@@ -197,12 +197,26 @@ def fusednn_peer(workload: Workload, device: str) -> PeerStep:
         info["numba_threading_layer"] = numba.config.THREADING_LAYER
 
     if workload.mode == "fit":
+        # The first call is what a user's first fit gets ("auto": per step while a cold kernel compiles in
+        # the background); the later ones wait for the compiled path where there is one, so every timed
+        # epoch takes the same path.
+        paths = ["compiled", "auto"]  # popped from the end
+
+        def fit(path: str) -> Any:
+            return nn.fit(
+                model, x_host, y_host, "categorical_crossentropy", optimizer,
+                epochs=1, batch_size=config.batch, seed=SEED, progress=False, epoch_path=path,
+            )  # fmt: skip
 
         def run_epoch() -> float:
-            history = nn.fit(
-                model, x_host, y_host, "categorical_crossentropy", optimizer,
-                epochs=1, batch_size=config.batch, seed=SEED, progress=False,
-            )  # fmt: skip
+            path = paths[-1] if len(paths) == 1 else paths.pop()
+            try:
+                history = fit(path)
+            except ValueError as error:  # this device compiles no epochs of the model
+                if not str(error).startswith("epoch_path='compiled'"):
+                    raise
+                paths[-1] = "per-step"
+                history = fit("per-step")
             info["fit_params"] = {k: v for k, v in history.params.items() if isinstance(v, (str, int, float, bool))}
             return history.history["loss"][-1]
 
