@@ -148,9 +148,21 @@ def test_sources_have_no_include():
 
 
 def test_name_expressions_cover_both_dtypes():
+    steps = ("sgd_step", "rmsprop_step", "adam_step")
     assert name_expressions("optimizers.cu") == [
-        f"{name}<{ctype}>" for name in ("sgd_step", "rmsprop_step", "adam_step") for ctype in ("float", "double")
+        f"{name}<{ctype}>" for name in (*steps, *(f"{s}_scheduled" for s in steps)) for ctype in ("float", "double")
     ]
+
+
+def test_a_scheduled_step_reads_its_host_scalars_from_one_device_vector():
+    plain, scheduled = KERNELS["adam_step"], KERNELS["adam_step_scheduled"]
+    names = [name for _, name in scheduled.params]
+    assert names == [
+        name if name != "step_size" else "scalars" for _, name in plain.params if name != "bias_correction2_sqrt"
+    ]
+    assert dict((name, ctype) for ctype, name in scheduled.params)["scalars"] == "const T*"
+    with pytest.raises(ValueError, match="adam_step has no parameters \\['lr'\\]"):
+        plain.scheduled(("lr",))
 
 
 def test_c_params_substitute_the_float_type():
@@ -314,8 +326,8 @@ def test_launcher_dispatches_on_dtype_and_memoises_functions(dtype, ctype):
 
 def test_launcher_rejects_unknown_kernels_and_dtypes():
     launch = make_launcher(Recorder())
-    with pytest.raises(ValueError, match="Unknown CUDA kernel 'gemm'"):
-        launch("gemm", "float32", 1)
+    with pytest.raises(ValueError, match="Unknown CUDA kernel 'conv2d'"):
+        launch("conv2d", "float32", 1)
     with pytest.raises(TypeError, match="CUDA kernels exist for float32 and float64, not 'float16'"):
         launch("activation_forward", "float16", 1, fake("float16"), fake("float16"), 1, 0)
     assert check_dtype("float64") == np.float64

@@ -188,7 +188,12 @@ def _shim_function(library: ctypes.CDLL, spec: KernelSpec, dtype: np.dtype, gpu:
     """A stand-in for ``RawKernel.__call__(grid, block, args)`` that runs the shim build of ``spec`` on GPU ``gpu``."""
     function = getattr(library, wrapper_name(spec.name, C_TYPES[dtype]))
     function.restype = None
-    scalar_types = {"long long": ctypes.c_longlong, "int": ctypes.c_int, "T": np.ctypeslib.as_ctypes_type(dtype)}
+    scalar_types = {
+        "long long": ctypes.c_longlong,
+        "int": ctypes.c_int,
+        "double": ctypes.c_double,
+        "T": np.ctypeslib.as_ctypes_type(dtype),
+    }
 
     def launch(grid: tuple[int], block: tuple[int], args: tuple[Any, ...]) -> None:
         # CuPy launches on the current device's stream, whichever GPU the kernel was loaded for.
