@@ -32,8 +32,10 @@ import numpy as np
 from ..kernels.activation_codes import ACTIVATION_CODES
 from ..kernels.cuda.launch import KernelLauncher, bias_grad_rows_per_chunk
 from .base import Array, Backend, adam_scalars
+from .cuda_graphs import graph_trainer
 from .cuda_runtime import require_device
 from .device import Device
+from .epoch_plan import EpochPlan, EpochTrainer
 
 MATMUL_PRECISIONS: tuple[str, ...] = ("highest", "tf32")
 """Valid arguments of :func:`set_matmul_precision`."""
@@ -126,6 +128,12 @@ class CudaBackend(Backend):
     def activate(self) -> Any:
         """Make this backend's GPU current (``cupy.cuda.Device(N)``) for direct CuPy arithmetic in the block."""
         return self._on_device()
+
+    def epoch_trainer(self, plan: EpochPlan) -> EpochTrainer | None:
+        """Replayed CUDA graphs, one per kind of training step (:mod:`.cuda_graphs`), for stacks of dense layers
+        with every built-in activation, loss and optimizer whose GEMMs are small enough; ``None`` otherwise.
+        """
+        return graph_trainer(self.xp, self._launch, plan)
 
     # ------------------------------------------------------------------ arrays
 

@@ -25,7 +25,9 @@ Design choices, each so that one code path serves every device:
   for a trainer, which takes the same permutation, rates and buffers as the per-step
   loop and fills the same step-loss vector, so everything after the epoch is shared.
   Without a trainer (another backend, a layer, loss or optimizer with no compiled
-  form) each step runs from Python. ``History.params["epoch_path"]`` says which ran.
+  form) each step runs from Python, and so do the rest of the epochs when a trainer
+  raises :class:`~fusednn.backends.epoch_plan.EpochTrainerUnavailable` (it has changed
+  nothing then). ``History.params["epoch_path"]`` says which ran.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ import logging
 import math
 import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any, cast
@@ -41,7 +44,7 @@ from typing import Any, cast
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..backends.epoch_plan import EpochTrainer
+from ..backends.epoch_plan import EpochTrainer, EpochTrainerUnavailable
 from . import metrics as metrics_module
 from .callbacks import EarlyStopping, History, NonFiniteLossError, NonFiniteStateError
 from .checkpoint import EpochCheckpoints
@@ -238,9 +241,19 @@ class _Loop:
         with self.model.backend.activate():
             return self._run_epoch(epoch, bar)
 
+    @property
+    def epoch_path(self) -> str:
+        """How the epochs run: the trainer's ``path`` (``"compiled"`` if it names none), else ``"per-step"``."""
+        return "per-step" if self.trainer is None else str(getattr(self.trainer, "path", "compiled"))
+
     def _run_epoch(self, epoch: int, bar: Any) -> dict[str, float]:
         if self.trainer is not None:
-            return self._run_compiled_epoch(epoch, bar, self.trainer)
+            try:
+                return self._run_compiled_epoch(epoch, bar, self.trainer)
+            except EpochTrainerUnavailable as error:
+                # Raised before the trainer changed anything: this epoch and the rest run step by step.
+                warnings.warn(f"{error}; fit runs the per-step loop instead", RuntimeWarning, stacklevel=4)
+                self.trainer = None
         model, backend, data, batch = self.model, self.model.backend, self.data, self.batch_size
         params = model.parameters()
         steps = math.ceil(data.n / batch)
@@ -433,9 +446,11 @@ def fit(
         A :class:`History` with one value per epoch of ``loss``, each metric, and their ``val_`` forms.
         ``history.params["epoch_path"]`` says how the epochs ran: ``"compiled"``, each epoch one
         compiled call of the backend (the ``"cpu"`` backend, for :class:`~fusednn.nn.Dense` stacks
-        with the built-in losses and optimizers), or ``"per-step"``, each step driven from Python
-        (the ``"numpy"`` and ``"cuda"`` backends, and any layer, loss or optimizer subclass of
-        your own). Both give the same numbers, to rounding.
+        with the built-in losses and optimizers), ``"cuda-graph"``, each step one replayed CUDA
+        graph (the ``"cuda"`` backend, for such stacks with small layers), or ``"per-step"``, each
+        step driven from Python (the ``"numpy"`` backend, larger layers on ``"cuda"``, any layer,
+        loss or optimizer subclass of your own, and a CUDA graph that failed to capture, with a
+        ``RuntimeWarning``). All give the same numbers, to rounding.
 
     Raises:
         ValueError / TypeError: before training, bad arguments, named with what was expected, and
@@ -516,7 +531,7 @@ def fit(
             "samples": train.n,
             "seed": seed,
             "device": model.device,
-            "epoch_path": "per-step" if loop.trainer is None else "compiled",
+            "epoch_path": loop.epoch_path,
         },
         optimizer=opt,
     )
@@ -528,6 +543,7 @@ def fit(
             total=history.params["steps"], desc=f"epoch {epoch + 1}/{last}", unit="batch", disable=not show_bar
         ) as bar:
             logs = loop.run_epoch(epoch, bar)
+            history.params["epoch_path"] = loop.epoch_path  # a trainer that gave up fell back to per-step
             if val is not None:
                 val_logs = _evaluate_data(model, loss_fn, val, metric_list, eval_batch_size)
                 logs.update({f"val_{key}": value for key, value in val_logs.items()})

@@ -13,6 +13,14 @@ allocation, or the result of arithmetic) lands on the current GPU, a view stays
 on its base's, and a kernel launch fails unless the launcher's GPU is current.
 So a backend method that allocates or launches outside its own
 ``Device(N)`` block is caught on a simulated ``cuda:1``.
+
+Stream capture and graph replay are simulated as CUDA does them: between
+``Stream.begin_capture()`` and ``end_capture()`` a kernel launch is recorded, with
+the argument values it was given (pointers and scalars, as converted for the
+kernel), not run; ``Graph.launch()`` runs exactly the recorded launches. So a host
+value baked into a captured step is replayed unchanged, as on a GPU. Allocating,
+CuPy arithmetic, copies and host reads while capturing raise, as they would break
+(or silently escape) a real capture.
 """
 
 from __future__ import annotations
@@ -81,7 +89,57 @@ def recording_host_reads() -> Iterator[list[str]]:
         _host_reads = previous
 
 
+_captured: list[tuple[int, Any]] | None = None
+"""The launches recorded by the stream capture in progress ((gpu, launch) each), or None outside one."""
+
+
+def _forbid_while_capturing(what: str) -> None:
+    if _captured is not None:
+        raise RuntimeError(f"{what} while a stream is capturing: a captured step must only launch kernels")
+
+
+class SimStream:
+    """``cupy.cuda.Stream``: a context manager that captures launches into a :class:`SimGraph`."""
+
+    def __init__(self, non_blocking: bool = False) -> None:
+        self.non_blocking = non_blocking
+
+    def __enter__(self) -> SimStream:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        return None
+
+    def begin_capture(self) -> None:
+        global _captured
+        if _captured is not None:
+            raise RuntimeError("a stream is already capturing")
+        _captured = []
+
+    def end_capture(self) -> SimGraph:
+        global _captured
+        if _captured is None:
+            raise RuntimeError("end_capture without begin_capture")
+        launches, _captured = _captured, None
+        return SimGraph(launches)
+
+
+class SimGraph:
+    """A captured graph: :meth:`launch` replays its launches with the values they were recorded with."""
+
+    def __init__(self, launches: list[tuple[int, Any]]) -> None:
+        self.launches = launches
+
+    def launch(self, stream: Any = None) -> None:
+        _forbid_while_capturing("Graph.launch")
+        for gpu, run in self.launches:
+            if gpu != _current_gpu:
+                raise RuntimeError(f"a graph captured on cuda:{gpu} launched while cuda:{_current_gpu} is current")
+            run()
+
+
 def _check_host_read(what: str) -> None:
+    _forbid_while_capturing(what)
     if _host_reads_raise:
         raise RuntimeError(f"{what} reads a device value on the host, which synchronises with the GPU")
     if _host_reads is not None:
@@ -115,7 +173,16 @@ class SimArray(np.ndarray):
 
     def __setitem__(self, key: Any, value: Any) -> None:
         # CuPy copies an array value on the device; NumPy would read a 0-d SimArray through float().
+        _forbid_while_capturing("an array copy")
         super().__setitem__(key, _plain(value))
+
+    def set(self, host: np.ndarray) -> None:
+        """``cupy.ndarray.set``: copy a host array of the same shape and dtype into this one."""
+        _forbid_while_capturing("a host-to-device copy")
+        host = np.asarray(host)
+        if host.shape != self.shape or host.dtype != self.dtype:
+            raise ValueError(f"set: shape/dtype mismatch {host.shape}/{host.dtype} vs {self.shape}/{self.dtype}")
+        np.copyto(self.view(np.ndarray), host)
 
     def __float__(self) -> float:
         _check_host_read("float()")
@@ -143,6 +210,7 @@ class SimArray(np.ndarray):
 
     def __array_ufunc__(self, ufunc: np.ufunc, method: str, *inputs: Any, **kwargs: Any) -> Any:
         """Arithmetic as CuPy does it: only on the current GPU, results there, reductions as 0-d arrays."""
+        _forbid_while_capturing(f"CuPy arithmetic ({ufunc.__name__})")
         outs = kwargs.get("out", ())
         for operand in (*inputs, *outs):
             if isinstance(operand, SimArray) and operand._gpu != _current_gpu:
@@ -170,7 +238,7 @@ class _FakeCupy:
     """The part of the ``cupy`` namespace the backend uses, over NumPy; creators return :class:`SimArray`."""
 
     ndarray = SimArray
-    cuda = SimpleNamespace(Device=_use_gpu)
+    cuda = SimpleNamespace(Device=_use_gpu, Stream=SimStream)
 
     @staticmethod
     def asnumpy(a: Any) -> np.ndarray:
@@ -180,7 +248,13 @@ class _FakeCupy:
     def __getattr__(self, name: str) -> Any:
         function = getattr(np, name)
         if name in ("asarray", "ascontiguousarray", "array", "zeros", "empty", "arange"):
-            return lambda *args, **kwargs: function(*args, **kwargs).view(SimArray)
+
+            def create(*args: Any, **kwargs: Any) -> SimArray:
+                _forbid_while_capturing(f"cupy.{name} (an allocation)")
+                return function(*args, **kwargs).view(SimArray)
+
+            return create
+        _forbid_while_capturing(f"cupy.{name}")
         return function
 
 
@@ -203,7 +277,14 @@ def _shim_function(library: ctypes.CDLL, spec: KernelSpec, dtype: np.dtype, gpu:
             ctypes.c_void_p(value.ctypes.data) if ctype.endswith("*") else scalar_types[ctype](value)
             for (ctype, _), value in zip(spec.params, args, strict=True)
         ]
-        function(ctypes.c_int(grid[0]), ctypes.c_int(block[0]), *converted)
+
+        def run() -> None:
+            function(ctypes.c_int(grid[0]), ctypes.c_int(block[0]), *converted)
+
+        if _captured is None:
+            run()
+        else:  # recorded with the pointers and scalars of this launch, as a graph node holds them
+            _captured.append((gpu, run))
 
     return launch
 
