@@ -380,3 +380,19 @@ def test_matmul_precision_switch():
         match=r"Unknown matmul precision 'medium'; expected one of \('highest', 'tf32'\)",
     ):
         cuda_backend.set_matmul_precision("medium")
+
+
+def test_load_fetches_every_kernel_once_before_any_launch():
+    recorder = Recorder()
+    launch = make_launcher(recorder)
+    launch.load("float32")
+    assert recorder.fetched == [spec.name_expression(np.dtype(np.float32)) for spec in KERNELS.values()]
+    assert recorder.launches == []
+    launch("activation_forward", "float32", 4, fake(), fake(), 4, 0)
+    assert len(recorder.fetched) == len(KERNELS) and len(recorder.launches) == 1
+
+
+def test_reduction_chunks_are_about_the_square_root_and_capped():
+    assert [launch_module.reduction_chunks(n) for n in (0, 1, 15, 16, 10**6, 10**8)] == [1, 1, 3, 4, 1000, 1024]
+    with pytest.raises(ValueError, match="n must be >= 0"):
+        launch_module.reduction_chunks(-1)

@@ -161,10 +161,6 @@ class _Layer:
         self.act = ACTIVATION_CODES[layer.activation]
 
 
-def _pointer(a: Array) -> int:
-    return int(a.__cuda_array_interface__["data"][0])
-
-
 class GraphEpoch:
     """An :class:`~fusednn.backends.epoch_plan.EpochTrainer` replaying captured CUDA graphs; see the module docstring.
 
@@ -179,6 +175,7 @@ class GraphEpoch:
         self._plan = plan
         self._optimizer = optimizer
         self._key: tuple[Any, ...] | None = None
+        self._given: tuple[Array, Array] | None = None
         self._graphs: dict[StepKind, Any] = {}
         self._stream: Any = None
 
@@ -228,19 +225,23 @@ class GraphEpoch:
     def _prepare(self, x: Array, y: Array, want_outputs: bool) -> list[StepKind]:
         """Check the data; on the first call (or new data) allocate the buffers and capture each step kind's graph."""
         plan = self._plan
+        # The graphs hold the data's addresses: they serve the arrays they were captured with, which
+        # self._given keeps alive (so their ids stay theirs); other arrays are captured anew.
+        key = (id(x), id(y), want_outputs)
+        given = (x, y)
         x, y = self._checked_data(x, y)
         kinds = step_kinds(x.shape[0], plan.batch_size, plan.accumulate)
-        key = (_pointer(x), _pointer(y), x.shape[0], want_outputs)
         if key != self._key:
             self._key = None  # a failed capture leaves no half-built state behind
             self._allocate(x, y, kinds, want_outputs)
             try:
+                self._launch.load(plan.dtype)
                 self._graphs = {kind: self._capture(kind) for kind in dict.fromkeys(kinds)}
             except Exception as error:
                 raise EpochTrainerUnavailable(
                     f"capturing a training step into a CUDA graph failed: {error!r}"
                 ) from error
-            self._key = key
+            self._key, self._given = key, given
         return kinds
 
     def _checked_data(self, x: Array, y: Array) -> tuple[Array, Array]:
@@ -254,7 +255,7 @@ class GraphEpoch:
                 raise TypeError(f"y must hold {n} int64 class labels on the GPU, got {_describe(y)}")
         elif not isinstance(y, xp.ndarray) or y.dtype != plan.dtype or y.size != n * out:
             raise TypeError(f"y must hold {n} target rows of {out} {plan.dtype.name} on the GPU, got {_describe(y)}")
-        # A copy made here has a new address each epoch, so strided data is captured anew every epoch.
+        # fit's data is contiguous; a copy made here for other data lives as long as its graphs.
         return xp.ascontiguousarray(x), xp.ascontiguousarray(y)
 
     def _allocate(self, x: Array, y: Array, kinds: list[StepKind], want_outputs: bool) -> None:

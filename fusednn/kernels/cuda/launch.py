@@ -232,6 +232,22 @@ class KernelLauncher:
         self._ndarray_type = ndarray_type
         self._functions: dict[tuple[str, np.dtype], Callable[..., Any]] = {}
 
+    def load(self, dtype: Any) -> None:
+        """Fetch (compile or load from CuPy's cache) every kernel for ``dtype`` now, without launching any.
+
+        A stream capture then records launches only: no module is compiled or loaded while it runs.
+        """
+        dtype = check_dtype(dtype)
+        for name, spec in KERNELS.items():
+            self._function(name, spec, dtype)
+
+    def _function(self, kernel: str, spec: KernelSpec, dtype: np.dtype) -> Callable[..., Any]:
+        key = (kernel, dtype)
+        function = self._functions.get(key)
+        if function is None:
+            function = self._functions[key] = self._get_function(spec, dtype)
+        return function
+
     def __call__(self, kernel: str, dtype: Any, items: int, *args: Any) -> None:
         """Launch ``kernel`` for ``dtype`` over ``items`` work items.
 
@@ -249,8 +265,4 @@ class KernelLauncher:
         dtype = check_dtype(dtype)
         prepared = prepare_args(spec, dtype, args, ndarray_type=self._ndarray_type, device_id=self.device_id)
         grid, block = launch_config(items)
-        key = (kernel, dtype)
-        function = self._functions.get(key)
-        if function is None:
-            function = self._functions[key] = self._get_function(spec, dtype)
-        function((grid,), (block,), prepared)
+        self._function(kernel, spec, dtype)((grid,), (block,), prepared)
