@@ -32,6 +32,7 @@ import numpy as np
 from ..kernels.activation_codes import ACTIVATION_CODES
 from ..kernels.cuda.launch import KernelLauncher, bias_grad_rows_per_chunk
 from .base import Array, Backend, adam_scalars
+from .cuda_capturable_gemm import load_cublas
 from .cuda_graphs import graph_trainer
 from .cuda_runtime import require_device
 from .device import Device
@@ -41,6 +42,8 @@ MATMUL_PRECISIONS: tuple[str, ...] = ("highest", "tf32")
 """Valid arguments of :func:`set_matmul_precision`."""
 
 _matmul_precision = "highest"
+
+_NOT_LOADED = object()  # CudaBackend._cublas before the first epoch_trainer call loads the binding
 
 # DLPack device types that CuPy can import without a copy.
 _DLPACK_CUDA = 2
@@ -121,6 +124,7 @@ class CudaBackend(Backend):
             self.compute_capability: str = gpu.compute_capability
             """The GPU's compute capability as CuPy spells it, e.g. ``"90"``."""
         self._launch = KernelLauncher(device.index)
+        self._cublas: Any = _NOT_LOADED  # CuPy's low-level cuBLAS binding for captured GEMMs, or None
 
     def _on_device(self) -> Any:
         return self.xp.cuda.Device(self.device.index)
@@ -131,9 +135,13 @@ class CudaBackend(Backend):
 
     def epoch_trainer(self, plan: EpochPlan) -> EpochTrainer | None:
         """Replayed CUDA graphs, one per kind of training step (:mod:`.cuda_graphs`), for stacks of dense layers
-        with every built-in activation, loss and optimizer whose GEMMs are small enough; ``None`` otherwise.
+        with every built-in activation, loss and optimizer; ``None`` otherwise.
+
+        The float32 GEMMs in the graphs use the :func:`set_matmul_precision` in force when this is called.
         """
-        return graph_trainer(self.xp, self._launch, plan)
+        if self._cublas is _NOT_LOADED:
+            self._cublas = load_cublas()
+        return graph_trainer(self.xp, self._launch, plan, self._cublas, _matmul_precision == "tf32")
 
     # ------------------------------------------------------------------ arrays
 

@@ -17,11 +17,9 @@ epoch, and the update's scalars, which a kernel computes from both (Adam's bias
 corrections in float64, as :func:`~fusednn.backends.base.adam_scalars` does on the
 host). Nothing inside a graph allocates or synchronises.
 
-CuPy's ``matmul`` cannot be captured (cuBLAS raises ``NotImplementedError`` while a
-stream captures), so a captured step runs its GEMMs with the ``gemm`` kernel of
-``training_step.cu``: one thread per output element, fine for the small layers where
-per-step overhead dominates. Plans with a larger GEMM (:data:`GRAPH_GEMM_MAX`) get no
-trainer and ``fit`` steps from Python with cuBLAS.
+CuPy's ``matmul`` cannot be captured (it raises ``NotImplementedError`` while a stream
+captures), so a captured step runs its GEMMs through :class:`.CapturableGemm`: cuBLAS
+called directly on a handle bound to the capturing stream, or a kernel for tiny shapes.
 """
 
 from __future__ import annotations
@@ -37,17 +35,10 @@ import numpy as np
 from ..kernels.activation_codes import ACTIVATION_CODES
 from ..kernels.cuda.launch import KernelLauncher, bias_grad_rows_per_chunk, reduction_chunks
 from ..kernels.cuda.step_codes import COUNTERS, ELEMENTWISE_LOSSES, SCALARS
+from .cuda_capturable_gemm import CapturableGemm
 from .epoch_plan import EpochPlan, EpochTrainerUnavailable, LayerPlan
 
 Array = Any
-
-GRAPH_GEMM_MAX = 2**22
-"""The largest GEMM (``rows * inner * cols`` multiply-adds, at the plan's batch size) a replayed step runs.
-
-Not measured yet (no GPU was at hand): digits' 32x64x128 (262,144) is well inside, mnist-s'
-128x784x256 (25.7 million) outside, so it keeps cuBLAS on the per-step path until a captured
-cuBLAS GEMM replaces the ``gemm`` kernel there.
-"""
 
 _STEP = COUNTERS.index("step")
 
@@ -130,13 +121,10 @@ def _supported(plan: EpochPlan, ndarray: Any) -> bool:
         return False
     if plan.loss != "categorical_crossentropy" and (plan.labels or plan.loss not in ELEMENTWISE_LOSSES):
         return False
-    rows = plan.batch_size
     for index, layer in enumerate(plan.layers):
         if layer.kind != "dense" or layer.activation not in ACTIVATION_CODES:
             return False
         if index and layer.in_features != plan.layers[index - 1].out_features:
-            return False
-        if rows * layer.in_features * layer.out_features > GRAPH_GEMM_MAX:
             return False
     buffers = [plan.params, plan.grads, *plan.optimizer.state.values()]
     return all(isinstance(a, ndarray) and a.dtype == plan.dtype and a.flags.c_contiguous for a in buffers)
@@ -169,9 +157,12 @@ class GraphEpoch:
 
     path = "cuda-graph"
 
-    def __init__(self, xp: Any, launch: KernelLauncher, plan: EpochPlan, optimizer: _Optimizer) -> None:
+    def __init__(
+        self, xp: Any, launch: KernelLauncher, gemm: CapturableGemm, plan: EpochPlan, optimizer: _Optimizer
+    ) -> None:
         self._xp = xp
         self._launch = launch
+        self._gemm = gemm
         self._plan = plan
         self._optimizer = optimizer
         self._key: tuple[Any, ...] | None = None
@@ -295,6 +286,8 @@ class GraphEpoch:
         if self._stream is None:
             self._stream = self._xp.cuda.Stream(non_blocking=True)
         stream = self._stream
+        if any(self._gemm.uses_cublas(kind.rows, n.out_features, n.in_features) for n in self._plan.layers):
+            self._gemm.bind(stream)  # before the capture: a first bind creates the handle and its workspace
         with stream:
             stream.begin_capture()
             try:
@@ -354,9 +347,6 @@ class GraphEpoch:
             )
         if kind.update:
             self._update()
-
-    def _gemm(self, a: Array, b: Array, c: Array, m: int, n: int, k: int, trans_a: bool, trans_b: bool) -> None:
-        self._launch("gemm", self._plan.dtype, m * n, a, b, c, m, n, k, int(trans_a), int(trans_b))
 
     def _loss(self, rows: int) -> float:
         """Launch the loss kernel (row losses and the output gradient); return the scale of the row losses' sum."""
@@ -427,12 +417,15 @@ def _describe(a: Any) -> str:
     return f"{type(a).__name__} of shape {shape} and dtype {dtype}" if shape is not None else type(a).__name__
 
 
-def graph_trainer(xp: Any, launch: KernelLauncher, plan: EpochPlan) -> GraphEpoch | None:
+def graph_trainer(
+    xp: Any, launch: KernelLauncher, plan: EpochPlan, cublas: Any | None, tf32: bool
+) -> GraphEpoch | None:
     """A :class:`GraphEpoch` for ``plan`` on the GPU of ``launch``, or ``None`` when its kernels cannot run it.
 
-    ``xp`` is CuPy (or a stand-in with its ``ndarray``, creators and ``cuda.Device``/``cuda.Stream``).
+    ``xp`` is CuPy (or a stand-in with its ``ndarray``, creators and ``cuda.Device``/``cuda.Stream``);
+    ``cublas`` and ``tf32`` are those of :class:`.CapturableGemm`.
     """
     optimizer = _optimizer(plan)
     if optimizer is None or not _supported(plan, xp.ndarray):
         return None
-    return GraphEpoch(xp, launch, plan, optimizer)
+    return GraphEpoch(xp, launch, CapturableGemm(xp, launch, plan.dtype, cublas, tf32), plan, optimizer)

@@ -20,7 +20,10 @@ the argument values it was given (pointers and scalars, as converted for the
 kernel), not run; ``Graph.launch()`` runs exactly the recorded launches. So a host
 value baked into a captured step is replayed unchanged, as on a GPU. Allocating,
 CuPy arithmetic, copies and host reads while capturing raise, as they would break
-(or silently escape) a real capture.
+(or silently escape) a real capture. :class:`FakeCublas` stands in for CuPy's
+low-level cuBLAS binding: column-major GEMMs with cuBLAS's argument checks, recorded
+while their handle's stream captures, refused on a handle bound to another stream or
+without a workspace.
 """
 
 from __future__ import annotations
@@ -91,6 +94,17 @@ def recording_host_reads() -> Iterator[list[str]]:
 
 _captured: list[tuple[int, Any]] | None = None
 """The launches recorded by the stream capture in progress ((gpu, launch) each), or None outside one."""
+_capturing_stream: int | None = None
+"""The ``ptr`` of the stream that is capturing."""
+_stream_ids = iter(range(1, 2**31))
+
+
+def _run_or_record(run: Any) -> None:
+    """Run a launch now, or record it (with its arguments as they are now) when a stream is capturing."""
+    if _captured is None:
+        run()
+    else:
+        _captured.append((_current_gpu, run))
 
 
 def _forbid_while_capturing(what: str) -> None:
@@ -103,6 +117,7 @@ class SimStream:
 
     def __init__(self, non_blocking: bool = False) -> None:
         self.non_blocking = non_blocking
+        self.ptr = next(_stream_ids)
 
     def __enter__(self) -> SimStream:
         return self
@@ -111,16 +126,16 @@ class SimStream:
         return None
 
     def begin_capture(self) -> None:
-        global _captured
+        global _captured, _capturing_stream
         if _captured is not None:
             raise RuntimeError("a stream is already capturing")
-        _captured = []
+        _captured, _capturing_stream = [], self.ptr
 
     def end_capture(self) -> SimGraph:
-        global _captured
+        global _captured, _capturing_stream
         if _captured is None:
             raise RuntimeError("end_capture without begin_capture")
-        launches, _captured = _captured, None
+        launches, _captured, _capturing_stream = _captured, None, None
         return SimGraph(launches)
 
 
@@ -158,6 +173,11 @@ class SimArray(np.ndarray):
     @property
     def device(self) -> SimpleNamespace:  # type: ignore[override]
         return SimpleNamespace(id=self._gpu)
+
+    @property
+    def data(self) -> SimpleNamespace:  # type: ignore[override]
+        """CuPy's ``MemoryPointer``, for its ``ptr``: the address of the first element."""
+        return SimpleNamespace(ptr=self.ctypes.data)
 
     @property
     def __cuda_array_interface__(self) -> dict[str, Any]:
@@ -278,15 +298,78 @@ def _shim_function(library: ctypes.CDLL, spec: KernelSpec, dtype: np.dtype, gpu:
             for (ctype, _), value in zip(spec.params, args, strict=True)
         ]
 
-        def run() -> None:
-            function(ctypes.c_int(grid[0]), ctypes.c_int(block[0]), *converted)
-
-        if _captured is None:
-            run()
-        else:  # recorded with the pointers and scalars of this launch, as a graph node holds them
-            _captured.append((gpu, run))
+        # Recorded with the pointers and scalars of this launch while capturing, as a graph node holds them.
+        _run_or_record(lambda: function(ctypes.c_int(grid[0]), ctypes.c_int(block[0]), *converted))
 
     return launch
+
+
+_OP_N, _OP_T = 0, 1
+
+
+def _column_major(pointer: int, rows: int, cols: int, ld: int, dtype: np.dtype) -> np.ndarray:
+    """The ``rows x cols`` column-major matrix at ``pointer`` with leading dimension ``ld``, as a NumPy view."""
+    if ld < max(rows, 1):
+        raise ValueError(f"CUBLAS_STATUS_INVALID_VALUE: leading dimension {ld} < rows {rows}")
+    buffer = (np.ctypeslib.as_ctypes_type(dtype) * (ld * cols)).from_address(pointer)
+    return np.ctypeslib.as_array(buffer).reshape(cols, ld).T[:rows]
+
+
+class FakeCublas:
+    """The calls of ``cupy_backends.cuda.libs.cublas`` that ``CapturableGemm`` makes, over NumPy memory.
+
+    ``sgemm``/``dgemm`` follow cuBLAS: column-major ``C = alpha op(A) op(B) + beta C`` (beta 0
+    ignores C), alpha and beta read through host pointers when called. They run on the
+    handle's stream: recorded when that stream is capturing, refused when another one is
+    (real cuBLAS would run them outside the graph), and refused without a workspace.
+    """
+
+    def __init__(self) -> None:
+        self.handles: dict[int, dict[str, Any]] = {}
+        self.calls: list[str] = []
+
+    def create(self) -> int:
+        _forbid_while_capturing("cublasCreate")
+        handle = len(self.handles) + 1
+        self.handles[handle] = {"stream": 0, "workspace": None, "math": 0}
+        return handle
+
+    def setStream(self, handle: int, stream: int) -> None:  # noqa: N802 - CuPy's names
+        self.handles[handle]["stream"] = stream
+
+    def setWorkspace(self, handle: int, pointer: int, size: int) -> None:  # noqa: N802
+        self.handles[handle]["workspace"] = (pointer, size)
+
+    def setMathMode(self, handle: int, mode: int) -> None:  # noqa: N802
+        self.handles[handle]["math"] = mode
+
+    def sgemm(self, *args: Any) -> None:
+        self._gemm(np.dtype(np.float32), *args)
+
+    def dgemm(self, *args: Any) -> None:
+        self._gemm(np.dtype(np.float64), *args)
+
+    def _gemm(self, dtype: np.dtype, handle: int, transa: int, transb: int, m: int, n: int, k: int, *pointers: Any):
+        alpha_at, a_at, lda, b_at, ldb, beta_at, c_at, ldc = pointers
+        state = self.handles[handle]
+        if state["workspace"] is None:
+            raise RuntimeError("cuBLAS would allocate its workspace here: set one before capturing")
+        if _captured is not None and state["stream"] != _capturing_stream:
+            raise RuntimeError("cuBLAS launched on a stream that is not capturing: the GEMM would escape the graph")
+        scalar = np.ctypeslib.as_ctypes_type(dtype)
+        alpha, beta = scalar.from_address(alpha_at).value, scalar.from_address(beta_at).value
+        a_shape = (m, k) if transa == _OP_N else (k, m)
+        b_shape = (k, n) if transb == _OP_N else (n, k)
+        a = _column_major(a_at, *a_shape, lda, dtype)
+        b = _column_major(b_at, *b_shape, ldb, dtype)
+        c = _column_major(c_at, m, n, ldc, dtype)
+        self.calls.append(f"{'sd'[dtype == np.float64]}gemm {m}x{n}x{k}")
+
+        def run() -> None:
+            product = alpha * ((a if transa == _OP_N else a.T) @ (b if transb == _OP_N else b.T))
+            c[...] = product if beta == 0 else product + beta * c
+
+        _run_or_record(run)
 
 
 def simulated_cuda_backend(library: ctypes.CDLL, index: int = 0) -> CudaBackend:
@@ -303,4 +386,5 @@ def simulated_cuda_backend(library: ctypes.CDLL, index: int = 0) -> CudaBackend:
     backend._launch = KernelLauncher(
         index, get_function=lambda spec, dtype: _shim_function(library, spec, dtype, index), ndarray_type=SimArray
     )
+    backend._cublas = FakeCublas()
     return backend
