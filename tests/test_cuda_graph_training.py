@@ -208,6 +208,8 @@ def test_the_trainer_rejects_data_that_does_not_fit_its_plan(sim_cuda: str) -> N
         trainer(x, y, None, [0.1] * 4, 0, losses, None)
     with pytest.raises(ValueError, match="one row index per row \\(37\\)"):
         trainer(x, y, np.arange(36), [0.1] * 5, 0, losses, None)
+    with pytest.raises(ValueError, match="row indices in \\[0, 37\\), got \\[1, 37\\]"):
+        trainer(x, y, np.arange(1, 38), [0.1] * 5, 0, losses, None)
 
 
 def test_fit_falls_back_to_per_step_once_when_capture_fails(sim_cuda: str, monkeypatch: pytest.MonkeyPatch) -> None:

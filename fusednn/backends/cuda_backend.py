@@ -12,6 +12,9 @@ running on CuPy.
 Nothing in a training step synchronises with the host: losses stay 0-d device
 arrays until :meth:`CudaBackend.to_float` reads one.
 
+``nn.fit`` trains stacks of dense layers through :meth:`CudaBackend.epoch_trainer`:
+each step a replayed CUDA graph (:mod:`.cuda_graphs`), captured once per kind of step.
+
 Importing this module never imports CuPy; creating a backend does, and raises a
 clear ``RuntimeError`` (from :mod:`.cuda_runtime`) when CuPy or the GPU is missing.
 

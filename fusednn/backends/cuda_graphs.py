@@ -211,6 +211,9 @@ class GraphEpoch:
         order = np.ascontiguousarray(order, dtype=np.int64)
         if order.shape != (n,):
             raise ValueError(f"order must hold one row index per row ({n}), got shape {order.shape}")
+        # The gather kernels would read outside the data: a fault on the GPU, not an error here.
+        if n and (order.min() < 0 or order.max() >= n):
+            raise ValueError(f"order must hold row indices in [0, {n}), got [{order.min()}, {order.max()}]")
         return order
 
     def _prepare(self, x: Array, y: Array, want_outputs: bool) -> list[StepKind]:
