@@ -22,7 +22,7 @@ import pytest
 from conftest import GPU_SKIP_REASON, HAS_GPU
 from cuda_shim import simulated
 from cuda_shim.build import build_shim_library, have
-from cuda_shim.simulated import no_host_reads, simulated_cuda_backend
+from cuda_shim.simulated import no_host_reads, recording_allocations, simulated_cuda_backend
 from test_compiled_epochs import FLOAT64_RUN, LOSS_TARGETS, OPTIMIZERS, TARGETS, X, _model
 
 from fusednn import nn
@@ -186,10 +186,13 @@ def test_each_step_kind_is_captured_once_and_each_step_is_one_replay(
     backend = model.backend
     x, y = backend.asarray(X, dtype="float64"), backend.asindex(TARGETS["labels"])
     losses = backend.zeros(5, "float64")
+    outputs = backend.empty((X.shape[0], 3), "float64")
     for epoch in range(2):
         order = np.random.default_rng(epoch).permutation(X.shape[0])
-        with no_host_reads():
-            trainer(x, y, order, [0.05] * 5, 5 * epoch, losses, None)
+        with no_host_reads(), recording_allocations() as allocations:
+            trainer(x, y, order, [0.05] * 5, 5 * epoch, losses, outputs)
+        # The first epoch allocates the buffers (before capturing); a later one only uploads and launches.
+        assert bool(allocations) == (epoch == 0)
     assert len(captures) == 2  # a full batch of 8 and the partial one of 5, captured in the first epoch only
     assert len(replays) == 10 and len(set(map(id, replays))) == 2
     assert replays[3] is replays[0] and replays[4] is not replays[0]

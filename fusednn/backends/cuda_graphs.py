@@ -250,7 +250,7 @@ class GraphEpoch:
         elif not isinstance(y, xp.ndarray) or y.dtype != plan.dtype or y.size != n * out:
             raise TypeError(f"y must hold {n} target rows of {out} {plan.dtype.name} on the GPU, got {_describe(y)}")
         # fit's data is contiguous; a copy made here for other data lives as long as its graphs.
-        return xp.ascontiguousarray(x), xp.ascontiguousarray(y)
+        return tuple(a if a.flags.c_contiguous else xp.ascontiguousarray(a) for a in (x, y))
 
     def _allocate(self, x: Array, y: Array, kinds: list[StepKind], want_outputs: bool) -> None:
         """Every buffer a step touches, sized for the epoch's largest batch (a partial batch uses their first rows)."""
@@ -428,7 +428,7 @@ def graph_trainer(
     ``xp`` is CuPy (or a stand-in with its ``ndarray``, creators and ``cuda.Device``/``cuda.Stream``);
     ``cublas`` and ``tf32`` are those of :class:`.CapturableGemm`.
     """
-    optimizer = _optimizer(plan)
-    if optimizer is None or not _supported(plan, xp.ndarray):
+    optimizer = _optimizer(plan) if _supported(plan, xp.ndarray) else None
+    if optimizer is None:
         return None
     return GraphEpoch(xp, launch, CapturableGemm(xp, launch, plan.dtype, cublas, tf32), plan, optimizer)

@@ -107,6 +107,21 @@ def _run_or_record(run: Any) -> None:
         _captured.append((_current_gpu, run))
 
 
+_allocations: list[str] | None = None
+"""Where allocations go: None ignores them, a list records them (see :func:`recording_allocations`)."""
+
+
+@contextlib.contextmanager
+def recording_allocations() -> Iterator[list[str]]:
+    """Yield a list that collects, for a block, each array the fake CuPy allocates (``"cupy.zeros"``, ...)."""
+    global _allocations
+    previous, _allocations = _allocations, []
+    try:
+        yield _allocations
+    finally:
+        _allocations = previous
+
+
 def _forbid_while_capturing(what: str) -> None:
     if _captured is not None:
         raise RuntimeError(f"{what} while a stream is capturing: a captured step must only launch kernels")
@@ -271,6 +286,8 @@ class _FakeCupy:
 
             def create(*args: Any, **kwargs: Any) -> SimArray:
                 _forbid_while_capturing(f"cupy.{name} (an allocation)")
+                if _allocations is not None:
+                    _allocations.append(f"cupy.{name}")
                 return function(*args, **kwargs).view(SimArray)
 
             return create
