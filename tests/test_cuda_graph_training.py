@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import ctypes
 import warnings
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -309,6 +310,13 @@ def test_a_cublas_handle_on_another_stream_fails_the_capture(sim_cuda: str, monk
         trainer(
             backend.asarray(X, dtype="float64"), backend.asindex(TARGETS["labels"]), None, [0.1] * 5, 0, losses, None
         )
+
+
+def test_a_workspace_that_cannot_be_set_is_an_error() -> None:
+    """Without the binding's setWorkspace the loaded libcublas is asked; with neither the capture fails (fit steps)."""
+    binding = SimpleNamespace()  # CuPy 14's binding has no setWorkspace; no libcublas is loaded here
+    with pytest.raises(RuntimeError, match="libcublas is not loaded"):
+        cuda_capturable_gemm._set_workspace(binding, 1, 0, 1024)
 
 
 def test_step_kinds_follow_the_per_step_loop() -> None:

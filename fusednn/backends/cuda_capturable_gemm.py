@@ -16,6 +16,7 @@ leading dimensions (see :meth:`CapturableGemm.__call__`).
 from __future__ import annotations
 
 import ctypes
+import os
 import weakref
 from typing import Any
 
@@ -58,8 +59,8 @@ def _set_workspace(cublas: Any, handle: int, pointer: int, size: int) -> None:
         setter(handle, pointer, size)
         return
     for name in ("libcublas.so.13", "libcublas.so.12"):
-        try:  # the copy CuPy already loaded (RTLD_NOLOAD: never a second one)
-            library = ctypes.CDLL(name, mode=ctypes.RTLD_GLOBAL | 4)  # 4 = RTLD_NOLOAD on Linux
+        try:  # the copy CuPy already loaded, found by its soname (RTLD_NOLOAD: never a second one)
+            library = ctypes.CDLL(name, mode=os.RTLD_NOLOAD)
         except OSError:
             continue
         status = library.cublasSetWorkspace_v2(ctypes.c_void_p(handle), ctypes.c_void_p(pointer), ctypes.c_size_t(size))
