@@ -447,10 +447,10 @@ def fit(
         ``history.params["epoch_path"]`` says how the epochs ran: ``"compiled"``, each epoch one
         compiled call of the backend (the ``"cpu"`` backend, for :class:`~fusednn.nn.Dense` stacks
         with the built-in losses and optimizers), ``"cuda-graph"``, each step one replayed CUDA
-        graph (the ``"cuda"`` backend, for such stacks with small layers), or ``"per-step"``, each
-        step driven from Python (the ``"numpy"`` backend, larger layers on ``"cuda"``, any layer,
-        loss or optimizer subclass of your own, and a CUDA graph that failed to capture, with a
-        ``RuntimeWarning``). All give the same numbers, to rounding.
+        graph (the ``"cuda"`` backend, for such stacks), or ``"per-step"``, each step driven from
+        Python (the ``"numpy"`` backend, any layer, loss or optimizer subclass of your own, and a
+        CUDA graph that failed to capture, with a ``RuntimeWarning``). All give the same numbers,
+        to rounding.
 
     Raises:
         ValueError / TypeError: before training, bad arguments, named with what was expected, and
