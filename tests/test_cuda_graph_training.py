@@ -234,6 +234,17 @@ def test_fit_falls_back_to_per_step_once_when_capture_fails(sim_cuda: str, monke
     _assert_same(run, reference, FLOAT64_RUN, path="per-step")
 
 
+def test_fit_falls_back_when_the_first_graph_launch_is_refused(sim_cuda: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(self: simulated.SimGraph, stream: object = None) -> None:
+        raise RuntimeError("cudaErrorInvalidValue: invalid argument")
+
+    monkeypatch.setattr(simulated.SimGraph, "launch", refuse)
+    with pytest.warns(RuntimeWarning, match="launching a captured CUDA graph failed: .*cudaErrorInvalidValue"):
+        run = _train(sim_cuda, "regression", "mse", optimizer="sgd", optimizer_kwargs={"momentum": 0.9})
+    reference = _train("numpy", "regression", "mse", optimizer="sgd", optimizer_kwargs={"momentum": 0.9})
+    _assert_same(run, reference, FLOAT64_RUN, path="per-step")
+
+
 def test_an_allocation_inside_a_captured_step_fails_the_capture(sim_cuda: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The simulator refuses what a real capture must not contain; the trainer reports it and changes nothing."""
     model, trainer = _graph_trainer(sim_cuda)

@@ -167,6 +167,7 @@ class GraphEpoch:
         self._optimizer = optimizer
         self._key: tuple[Any, ...] | None = None
         self._given: tuple[Array, Array] | None = None
+        self._untried = True  # no graph of this capture has been launched yet
         self._graphs: dict[StepKind, Any] = {}
         self._stream: Any = None
 
@@ -184,7 +185,8 @@ class GraphEpoch:
 
         Raises:
             ValueError / TypeError: ``x``, ``y``, ``order`` or ``learning_rates`` do not fit the plan.
-            EpochTrainerUnavailable: a step could not be captured into a graph (nothing was changed).
+            EpochTrainerUnavailable: a step could not be captured into a graph, or the first
+                launch of a new capture was refused (nothing was changed).
         """
         xp = self._xp
         with xp.cuda.Device(self._launch.device_id):
@@ -198,8 +200,16 @@ class GraphEpoch:
             counters = np.zeros(len(COUNTERS), dtype=np.int64)
             counters[_STEP] = step_count  # the batch and update counters start the epoch at 0
             self._counters.set(counters)
-            for kind in kinds:
-                self._graphs[kind].launch()
+            graphs = [self._graphs[kind] for kind in kinds]
+            if self._untried:
+                try:  # a launch the driver refuses runs nothing: the epoch can still step from Python
+                    graphs[0].launch()
+                except Exception as error:
+                    raise EpochTrainerUnavailable(f"launching a captured CUDA graph failed: {error!r}") from error
+                self._untried = False
+                graphs = graphs[1:]
+            for graph in graphs:
+                graph.launch()
             step_losses[:steps] = self._step_losses
             if outputs is not None:
                 outputs[...] = self._outputs
@@ -235,7 +245,7 @@ class GraphEpoch:
                 raise EpochTrainerUnavailable(
                     f"capturing a training step into a CUDA graph failed: {error!r}"
                 ) from error
-            self._key, self._given = key, given
+            self._key, self._given, self._untried = key, given, True
         return kinds
 
     def _checked_data(self, x: Array, y: Array) -> tuple[Array, Array]:
