@@ -262,6 +262,24 @@ def test_an_allocation_inside_a_captured_step_fails_the_capture(sim_cuda: str, m
     assert not backend.to_numpy(losses).any()
 
 
+def test_a_launch_on_another_stream_fails_the_capture(sim_cuda: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A kernel launched on a stream other than the capturing one would run once, now, and never replay."""
+    record = cuda_graphs.GraphEpoch._record
+
+    def on_another_stream(self: cuda_graphs.GraphEpoch, kind: cuda_graphs.StepKind) -> None:
+        with simulated.SimStream():
+            record(self, kind)
+
+    monkeypatch.setattr(cuda_graphs.GraphEpoch, "_record", on_another_stream)
+    model, trainer = _graph_trainer(sim_cuda)
+    backend = model.backend
+    losses = backend.zeros(5, "float64")
+    with pytest.raises(EpochTrainerUnavailable, match="not capturing would escape the graph"):
+        trainer(
+            backend.asarray(X, dtype="float64"), backend.asindex(TARGETS["labels"]), None, [0.1] * 5, 0, losses, None
+        )
+
+
 def test_plans_the_graph_kernels_cannot_run_get_no_trainer(sim_cuda: str) -> None:
     model = _model(sim_cuda)
     plan = epoch_plan(model, nn.get_loss("mse"), nn.SGD(model.parameters(), lr=0.1), 8, 1, False)

@@ -96,13 +96,22 @@ _captured: list[tuple[int, Any]] | None = None
 """The launches recorded by the stream capture in progress ((gpu, launch) each), or None outside one."""
 _capturing_stream: int | None = None
 """The ``ptr`` of the stream that is capturing."""
+_current_stream = 0
+"""The ``ptr`` of the current stream (``with stream:``); 0 is the default stream."""
 _stream_ids = iter(range(1, 2**31))
 
 
-def _run_or_record(run: Any) -> None:
-    """Run a launch now, or record it (with its arguments as they are now) when a stream is capturing."""
+def _run_or_record(run: Any, stream: int | None = None) -> None:
+    """Run a launch on ``stream`` (the current one by default) now, or record it when that stream is capturing.
+
+    A launch on another stream while one captures would run at once and be missing from the
+    graph (CUDA's relaxed capture mode allows it), so it raises here.
+    """
+    stream = _current_stream if stream is None else stream
     if _captured is None:
         run()
+    elif stream != _capturing_stream:
+        raise RuntimeError("a launch on a stream that is not capturing would escape the graph")
     else:
         _captured.append((_current_gpu, run))
 
@@ -135,10 +144,13 @@ class SimStream:
         self.ptr = next(_stream_ids)
 
     def __enter__(self) -> SimStream:
+        global _current_stream
+        self._previous, _current_stream = _current_stream, self.ptr
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        return None
+        global _current_stream
+        _current_stream = self._previous
 
     def begin_capture(self) -> None:
         global _captured, _capturing_stream
@@ -371,8 +383,6 @@ class FakeCublas:
         state = self.handles[handle]
         if state["workspace"] is None:
             raise RuntimeError("cuBLAS would allocate its workspace here: set one before capturing")
-        if _captured is not None and state["stream"] != _capturing_stream:
-            raise RuntimeError("cuBLAS launched on a stream that is not capturing: the GEMM would escape the graph")
         scalar = np.ctypeslib.as_ctypes_type(dtype)
         alpha, beta = scalar.from_address(alpha_at).value, scalar.from_address(beta_at).value
         a_shape = (m, k) if transa == _OP_N else (k, m)
@@ -386,7 +396,7 @@ class FakeCublas:
             product = alpha * ((a if transa == _OP_N else a.T) @ (b if transb == _OP_N else b.T))
             c[...] = product if beta == 0 else product + beta * c
 
-        _run_or_record(run)
+        _run_or_record(run, stream=state["stream"])  # cuBLAS launches on its handle's stream
 
 
 def simulated_cuda_backend(library: ctypes.CDLL, index: int = 0) -> CudaBackend:
