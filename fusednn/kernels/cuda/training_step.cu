@@ -19,8 +19,8 @@
 // c (m x n) = op(a) @ op(b), row-major, where op(a) is m x k and op(b) is k x n;
 // op transposes when its flag is set (a stored k x m, b stored n x k). One thread
 // per output element, neighbouring threads on neighbouring columns so that the
-// loads of an untransposed b coalesce. Meant for the small shapes whose GEMMs the
-// graph trainer runs itself (cuBLAS cannot be captured through CuPy's matmul).
+// loads of an untransposed b coalesce. Meant for the tiny products of a captured
+// step, where a cuBLAS call buys nothing (larger ones go to cuBLAS, called directly).
 template <typename T>
 __global__ void gemm(const T* a, const T* b, T* c, long long m, long long n, long long k, int trans_a, int trans_b) {
     const long long items = m * n;
