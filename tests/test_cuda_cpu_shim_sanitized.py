@@ -4,7 +4,7 @@ A kernel that reads or writes one element past an array still returns the
 right numbers most of the time, on the GPU as in the shim tests. Built with
 ``-fsanitize=address,undefined`` the shim library stops at the first such
 access, so the shim kernel tests and the simulated ``CudaBackend`` tests (which
-launch the kernels with the backend's own shapes and arguments) are run again
+launch the kernels with the backend's own shapes and arguments, captured steps included) are run again
 in a child process that preloads the sanitizer runtime. A planted off-by-one
 proves the check can fail.
 """
@@ -43,9 +43,15 @@ def sanitized_env() -> dict[str, str]:
 
 
 def test_shim_and_simulated_backend_tests_pass_under_the_sanitizers() -> None:
-    modules = ["test_cuda_cpu_shim.py", "test_cuda_simulated_backend.py", "test_cuda_simulated_training.py"]
+    modules = [
+        "test_cuda_cpu_shim.py",
+        "test_cuda_simulated_backend.py",
+        "test_cuda_simulated_training.py",
+        "test_cuda_graph_training.py",
+    ]
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=", *modules],
+        # -m "not gpu": the graph tests' real-GPU twins would only skip in the child, which needs no GPU.
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-o", "addopts=", "-m", "not gpu", *modules],
         cwd=TESTS,
         env=sanitized_env(),
         capture_output=True,

@@ -148,9 +148,21 @@ def test_sources_have_no_include():
 
 
 def test_name_expressions_cover_both_dtypes():
+    steps = ("sgd_step", "rmsprop_step", "adam_step")
     assert name_expressions("optimizers.cu") == [
-        f"{name}<{ctype}>" for name in ("sgd_step", "rmsprop_step", "adam_step") for ctype in ("float", "double")
+        f"{name}<{ctype}>" for name in (*steps, *(f"{s}_scheduled" for s in steps)) for ctype in ("float", "double")
     ]
+
+
+def test_a_scheduled_step_reads_its_host_scalars_from_one_device_vector():
+    plain, scheduled = KERNELS["adam_step"], KERNELS["adam_step_scheduled"]
+    names = [name for _, name in scheduled.params]
+    assert names == [
+        name if name != "step_size" else "scalars" for _, name in plain.params if name != "bias_correction2_sqrt"
+    ]
+    assert dict((name, ctype) for ctype, name in scheduled.params)["scalars"] == "const T*"
+    with pytest.raises(ValueError, match="adam_step has no parameters \\['lr'\\]"):
+        plain.scheduled(("lr",))
 
 
 def test_c_params_substitute_the_float_type():
@@ -314,8 +326,8 @@ def test_launcher_dispatches_on_dtype_and_memoises_functions(dtype, ctype):
 
 def test_launcher_rejects_unknown_kernels_and_dtypes():
     launch = make_launcher(Recorder())
-    with pytest.raises(ValueError, match="Unknown CUDA kernel 'gemm'"):
-        launch("gemm", "float32", 1)
+    with pytest.raises(ValueError, match="Unknown CUDA kernel 'conv2d'"):
+        launch("conv2d", "float32", 1)
     with pytest.raises(TypeError, match="CUDA kernels exist for float32 and float64, not 'float16'"):
         launch("activation_forward", "float16", 1, fake("float16"), fake("float16"), 1, 0)
     assert check_dtype("float64") == np.float64
@@ -368,3 +380,19 @@ def test_matmul_precision_switch():
         match=r"Unknown matmul precision 'medium'; expected one of \('highest', 'tf32'\)",
     ):
         cuda_backend.set_matmul_precision("medium")
+
+
+def test_load_fetches_every_kernel_once_before_any_launch():
+    recorder = Recorder()
+    launch = make_launcher(recorder)
+    launch.load("float32")
+    assert recorder.fetched == [spec.name_expression(np.dtype(np.float32)) for spec in KERNELS.values()]
+    assert recorder.launches == []
+    launch("activation_forward", "float32", 4, fake(), fake(), 4, 0)
+    assert len(recorder.fetched) == len(KERNELS) and len(recorder.launches) == 1
+
+
+def test_reduction_chunks_are_about_the_square_root_and_capped():
+    assert [launch_module.reduction_chunks(n) for n in (0, 1, 15, 16, 10**6, 10**8)] == [1, 1, 3, 4, 1000, 1024]
+    with pytest.raises(ValueError, match="n must be >= 0"):
+        launch_module.reduction_chunks(-1)

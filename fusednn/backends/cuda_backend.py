@@ -12,6 +12,9 @@ running on CuPy.
 Nothing in a training step synchronises with the host: losses stay 0-d device
 arrays until :meth:`CudaBackend.to_float` reads one.
 
+``nn.fit`` trains stacks of dense layers through :meth:`CudaBackend.epoch_trainer`:
+each step a replayed CUDA graph (:mod:`.cuda_graphs`), captured once per kind of step.
+
 Importing this module never imports CuPy; creating a backend does, and raises a
 clear ``RuntimeError`` (from :mod:`.cuda_runtime`) when CuPy or the GPU is missing.
 
@@ -32,13 +35,18 @@ import numpy as np
 from ..kernels.activation_codes import ACTIVATION_CODES
 from ..kernels.cuda.launch import KernelLauncher, bias_grad_rows_per_chunk
 from .base import Array, Backend, adam_scalars
+from .cuda_capturable_gemm import load_cublas
+from .cuda_graphs import graph_trainer
 from .cuda_runtime import require_device
 from .device import Device
+from .epoch_plan import EpochPlan, EpochTrainer
 
 MATMUL_PRECISIONS: tuple[str, ...] = ("highest", "tf32")
 """Valid arguments of :func:`set_matmul_precision`."""
 
 _matmul_precision = "highest"
+
+_NOT_LOADED = object()  # CudaBackend._cublas before the first epoch_trainer call loads the binding
 
 # DLPack device types that CuPy can import without a copy.
 _DLPACK_CUDA = 2
@@ -119,6 +127,7 @@ class CudaBackend(Backend):
             self.compute_capability: str = gpu.compute_capability
             """The GPU's compute capability as CuPy spells it, e.g. ``"90"``."""
         self._launch = KernelLauncher(device.index)
+        self._cublas: Any = _NOT_LOADED  # CuPy's low-level cuBLAS binding for captured GEMMs, or None
 
     def _on_device(self) -> Any:
         return self.xp.cuda.Device(self.device.index)
@@ -126,6 +135,16 @@ class CudaBackend(Backend):
     def activate(self) -> Any:
         """Make this backend's GPU current (``cupy.cuda.Device(N)``) for direct CuPy arithmetic in the block."""
         return self._on_device()
+
+    def epoch_trainer(self, plan: EpochPlan) -> EpochTrainer | None:
+        """Replayed CUDA graphs, one per kind of training step (:mod:`.cuda_graphs`), for stacks of dense layers
+        with every built-in activation, loss and optimizer; ``None`` otherwise.
+
+        The float32 GEMMs in the graphs use the :func:`set_matmul_precision` in force when this is called.
+        """
+        if self._cublas is _NOT_LOADED:
+            self._cublas = load_cublas()
+        return graph_trainer(self.xp, self._launch, plan, self._cublas, _matmul_precision == "tf32")
 
     # ------------------------------------------------------------------ arrays
 

@@ -74,6 +74,15 @@ class EpochPlan:
         return np.dtype(self.params.dtype)
 
 
+class EpochTrainerUnavailable(RuntimeError):
+    """A trainer found, before it changed anything, that it cannot run here after all.
+
+    Raised by an :class:`EpochTrainer` call (e.g. a step that a CUDA driver would not
+    capture into a graph) before it touched the parameters, the optimizer state or the
+    caller's buffers. ``fit`` then warns once and runs the per-step loop instead.
+    """
+
+
 class EpochTrainer(Protocol):
     """Runs one epoch of an :class:`EpochPlan` in one call, as ``fit``'s per-step loop would.
 
@@ -85,7 +94,8 @@ class EpochTrainer(Protocol):
         step_losses: receives each step's loss (penalties included) in its first ``steps`` entries.
         outputs: receives the model's outputs ``(N, out_features)`` in visiting order, or ``None``.
 
-    The caller updates the optimizer's step count and learning rate afterwards.
+    The caller updates the optimizer's step count and learning rate afterwards. A call may
+    raise :class:`EpochTrainerUnavailable` (having changed nothing): ``fit`` then steps.
 
     A trainer may need compiling before its first call (seconds, once per process or
     install): :meth:`ready` says whether a call would run at once, and :meth:`compile`

@@ -25,7 +25,9 @@ Design choices, each so that one code path serves every device:
   for a trainer, which takes the same permutation, rates and buffers as the per-step
   loop and fills the same step-loss vector, so everything after the epoch is shared.
   Without a trainer (another backend, a layer, loss or optimizer with no compiled
-  form) each step runs from Python. ``History.params["epoch_path"]`` says which ran.
+  form) each step runs from Python, and so do the rest of the epochs when a trainer
+  raises :class:`~fusednn.backends.epoch_plan.EpochTrainerUnavailable` (it has changed
+  nothing then). ``History.params["epoch_path"]`` says which ran.
 * A trainer that must compile first (the cpu epoch kernel, once per install: seconds)
   does so in the background: the epochs run per step until it is ready, from the first
   epoch boundary after (``epoch_path="auto"``). ``epoch_path="compiled"`` waits for it
@@ -46,7 +48,7 @@ from typing import Any, cast
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..backends.epoch_plan import EpochTrainer
+from ..backends.epoch_plan import EpochTrainer, EpochTrainerUnavailable
 from . import metrics as metrics_module
 from .callbacks import EarlyStopping, History, NonFiniteLossError, NonFiniteStateError
 from .checkpoint import EpochCheckpoints
@@ -248,8 +250,14 @@ class _Loop:
     def _run_epoch(self, epoch: int, bar: Any) -> dict[str, float]:
         trainer = self.trainer
         if trainer is not None and self._trainer_ready(trainer):
-            self.paths.append(trainer.path)
-            return self._run_compiled_epoch(epoch, bar, trainer)
+            try:
+                logs = self._run_compiled_epoch(epoch, bar, trainer)
+                self.paths.append(trainer.path)
+                return logs
+            except EpochTrainerUnavailable as error:
+                # Raised before the trainer changed anything: this epoch and the rest run step by step.
+                warnings.warn(f"{error}; fit runs the per-step loop instead", RuntimeWarning, stacklevel=4)
+                self.trainer = None
         self.paths.append("per-step")
         model, backend, data, batch = self.model, self.model.backend, self.data, self.batch_size
         params = model.parameters()
@@ -466,11 +474,12 @@ def fit(
         A :class:`History` with one value per epoch of ``loss``, each metric, and their ``val_`` forms.
         ``history.params["epoch_path"]`` says how the epochs ran: ``"compiled"``, each epoch one
         compiled call of the backend (the ``"cpu"`` backend, for :class:`~fusednn.nn.Dense` stacks
-        with the built-in losses and optimizers), ``"per-step"``, each step driven from Python
-        (the ``"numpy"`` and ``"cuda"`` backends, and any layer, loss or optimizer subclass of
-        your own), or ``"per-step, then compiled"`` while the compiled form was still compiling;
-        ``history.params["compiled_epochs"]`` counts the compiled ones. Both paths give the same
-        numbers, to rounding.
+        with the built-in losses and optimizers), ``"cuda-graph"``, each step one replayed CUDA
+        graph (the ``"cuda"`` backend, for such stacks), ``"per-step"``, each step driven from
+        Python (the ``"numpy"`` backend, any layer, loss or optimizer subclass of your own, and a
+        CUDA graph that failed to capture, with a ``RuntimeWarning``), or ``"per-step, then
+        compiled"`` while the compiled form was still compiling; ``history.params["compiled_epochs"]``
+        counts the epochs the backend's trainer ran. All give the same numbers, to rounding.
 
     Raises:
         ValueError / TypeError: before training, bad arguments, named with what was expected, and

@@ -28,6 +28,7 @@ using std::fabs;
 using std::log;
 using std::log1p;
 using std::nan;
+using std::pow;
 using std::sqrt;
 using std::tanh;
 

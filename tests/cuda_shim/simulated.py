@@ -13,6 +13,17 @@ allocation, or the result of arithmetic) lands on the current GPU, a view stays
 on its base's, and a kernel launch fails unless the launcher's GPU is current.
 So a backend method that allocates or launches outside its own
 ``Device(N)`` block is caught on a simulated ``cuda:1``.
+
+Stream capture and graph replay are simulated as CUDA does them: between
+``Stream.begin_capture()`` and ``end_capture()`` a kernel launch is recorded, with
+the argument values it was given (pointers and scalars, as converted for the
+kernel), not run; ``Graph.launch()`` runs exactly the recorded launches. So a host
+value baked into a captured step is replayed unchanged, as on a GPU. Allocating,
+CuPy arithmetic, copies and host reads while capturing raise, as they would break
+(or silently escape) a real capture. :class:`FakeCublas` stands in for CuPy's
+low-level cuBLAS binding: column-major GEMMs with cuBLAS's argument checks, recorded
+while their handle's stream captures, refused on a handle bound to another stream or
+without a workspace.
 """
 
 from __future__ import annotations
@@ -81,7 +92,96 @@ def recording_host_reads() -> Iterator[list[str]]:
         _host_reads = previous
 
 
+_captured: list[tuple[int, Any]] | None = None
+"""The launches recorded by the stream capture in progress ((gpu, launch) each), or None outside one."""
+_capturing_stream: int | None = None
+"""The ``ptr`` of the stream that is capturing."""
+_current_stream = 0
+"""The ``ptr`` of the current stream (``with stream:``); 0 is the default stream."""
+_stream_ids = iter(range(1, 2**31))
+
+
+def _run_or_record(run: Any, stream: int | None = None) -> None:
+    """Run a launch on ``stream`` (the current one by default) now, or record it when that stream is capturing.
+
+    A launch on another stream while one captures would run at once and be missing from the
+    graph (CUDA's relaxed capture mode allows it), so it raises here.
+    """
+    stream = _current_stream if stream is None else stream
+    if _captured is None:
+        run()
+    elif stream != _capturing_stream:
+        raise RuntimeError("a launch on a stream that is not capturing would escape the graph")
+    else:
+        _captured.append((_current_gpu, run))
+
+
+_allocations: list[str] | None = None
+"""Where allocations go: None ignores them, a list records them (see :func:`recording_allocations`)."""
+
+
+@contextlib.contextmanager
+def recording_allocations() -> Iterator[list[str]]:
+    """Yield a list that collects, for a block, each array the fake CuPy allocates (``"cupy.zeros"``, ...)."""
+    global _allocations
+    previous, _allocations = _allocations, []
+    try:
+        yield _allocations
+    finally:
+        _allocations = previous
+
+
+def _forbid_while_capturing(what: str) -> None:
+    if _captured is not None:
+        raise RuntimeError(f"{what} while a stream is capturing: a captured step must only launch kernels")
+
+
+class SimStream:
+    """``cupy.cuda.Stream``: a context manager that captures launches into a :class:`SimGraph`."""
+
+    def __init__(self, non_blocking: bool = False) -> None:
+        self.non_blocking = non_blocking
+        self.ptr = next(_stream_ids)
+
+    def __enter__(self) -> SimStream:
+        global _current_stream
+        self._previous, _current_stream = _current_stream, self.ptr
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        global _current_stream
+        _current_stream = self._previous
+
+    def begin_capture(self) -> None:
+        global _captured, _capturing_stream
+        if _captured is not None:
+            raise RuntimeError("a stream is already capturing")
+        _captured, _capturing_stream = [], self.ptr
+
+    def end_capture(self) -> SimGraph:
+        global _captured, _capturing_stream
+        if _captured is None:
+            raise RuntimeError("end_capture without begin_capture")
+        launches, _captured, _capturing_stream = _captured, None, None
+        return SimGraph(launches)
+
+
+class SimGraph:
+    """A captured graph: :meth:`launch` replays its launches with the values they were recorded with."""
+
+    def __init__(self, launches: list[tuple[int, Any]]) -> None:
+        self.launches = launches
+
+    def launch(self, stream: Any = None) -> None:
+        _forbid_while_capturing("Graph.launch")
+        for gpu, run in self.launches:
+            if gpu != _current_gpu:
+                raise RuntimeError(f"a graph captured on cuda:{gpu} launched while cuda:{_current_gpu} is current")
+            run()
+
+
 def _check_host_read(what: str) -> None:
+    _forbid_while_capturing(what)
     if _host_reads_raise:
         raise RuntimeError(f"{what} reads a device value on the host, which synchronises with the GPU")
     if _host_reads is not None:
@@ -102,6 +202,11 @@ class SimArray(np.ndarray):
         return SimpleNamespace(id=self._gpu)
 
     @property
+    def data(self) -> SimpleNamespace:  # type: ignore[override]
+        """CuPy's ``MemoryPointer``, for its ``ptr``: the address of the first element."""
+        return SimpleNamespace(ptr=self.ctypes.data)
+
+    @property
     def __cuda_array_interface__(self) -> dict[str, Any]:
         """What marks a CuPy array as device memory to fusednn (``registry.backend_of``) and to other libraries."""
         strides = None if self.flags.c_contiguous else self.strides
@@ -115,7 +220,16 @@ class SimArray(np.ndarray):
 
     def __setitem__(self, key: Any, value: Any) -> None:
         # CuPy copies an array value on the device; NumPy would read a 0-d SimArray through float().
+        _forbid_while_capturing("an array copy")
         super().__setitem__(key, _plain(value))
+
+    def set(self, host: np.ndarray) -> None:
+        """``cupy.ndarray.set``: copy a host array of the same shape and dtype into this one."""
+        _forbid_while_capturing("a host-to-device copy")
+        host = np.asarray(host)
+        if host.shape != self.shape or host.dtype != self.dtype:
+            raise ValueError(f"set: shape/dtype mismatch {host.shape}/{host.dtype} vs {self.shape}/{self.dtype}")
+        np.copyto(self.view(np.ndarray), host)
 
     def __float__(self) -> float:
         _check_host_read("float()")
@@ -143,6 +257,7 @@ class SimArray(np.ndarray):
 
     def __array_ufunc__(self, ufunc: np.ufunc, method: str, *inputs: Any, **kwargs: Any) -> Any:
         """Arithmetic as CuPy does it: only on the current GPU, results there, reductions as 0-d arrays."""
+        _forbid_while_capturing(f"CuPy arithmetic ({ufunc.__name__})")
         outs = kwargs.get("out", ())
         for operand in (*inputs, *outs):
             if isinstance(operand, SimArray) and operand._gpu != _current_gpu:
@@ -170,7 +285,7 @@ class _FakeCupy:
     """The part of the ``cupy`` namespace the backend uses, over NumPy; creators return :class:`SimArray`."""
 
     ndarray = SimArray
-    cuda = SimpleNamespace(Device=_use_gpu)
+    cuda = SimpleNamespace(Device=_use_gpu, Stream=SimStream)
 
     @staticmethod
     def asnumpy(a: Any) -> np.ndarray:
@@ -180,7 +295,15 @@ class _FakeCupy:
     def __getattr__(self, name: str) -> Any:
         function = getattr(np, name)
         if name in ("asarray", "ascontiguousarray", "array", "zeros", "empty", "arange"):
-            return lambda *args, **kwargs: function(*args, **kwargs).view(SimArray)
+
+            def create(*args: Any, **kwargs: Any) -> SimArray:
+                _forbid_while_capturing(f"cupy.{name} (an allocation)")
+                if _allocations is not None:
+                    _allocations.append(f"cupy.{name}")
+                return function(*args, **kwargs).view(SimArray)
+
+            return create
+        _forbid_while_capturing(f"cupy.{name}")
         return function
 
 
@@ -188,7 +311,12 @@ def _shim_function(library: ctypes.CDLL, spec: KernelSpec, dtype: np.dtype, gpu:
     """A stand-in for ``RawKernel.__call__(grid, block, args)`` that runs the shim build of ``spec`` on GPU ``gpu``."""
     function = getattr(library, wrapper_name(spec.name, C_TYPES[dtype]))
     function.restype = None
-    scalar_types = {"long long": ctypes.c_longlong, "int": ctypes.c_int, "T": np.ctypeslib.as_ctypes_type(dtype)}
+    scalar_types = {
+        "long long": ctypes.c_longlong,
+        "int": ctypes.c_int,
+        "double": ctypes.c_double,
+        "T": np.ctypeslib.as_ctypes_type(dtype),
+    }
 
     def launch(grid: tuple[int], block: tuple[int], args: tuple[Any, ...]) -> None:
         # CuPy launches on the current device's stream, whichever GPU the kernel was loaded for.
@@ -198,9 +326,77 @@ def _shim_function(library: ctypes.CDLL, spec: KernelSpec, dtype: np.dtype, gpu:
             ctypes.c_void_p(value.ctypes.data) if ctype.endswith("*") else scalar_types[ctype](value)
             for (ctype, _), value in zip(spec.params, args, strict=True)
         ]
-        function(ctypes.c_int(grid[0]), ctypes.c_int(block[0]), *converted)
+
+        # Recorded with the pointers and scalars of this launch while capturing, as a graph node holds them.
+        _run_or_record(lambda: function(ctypes.c_int(grid[0]), ctypes.c_int(block[0]), *converted))
 
     return launch
+
+
+_OP_N, _OP_T = 0, 1
+
+
+def _column_major(pointer: int, rows: int, cols: int, ld: int, dtype: np.dtype) -> np.ndarray:
+    """The ``rows x cols`` column-major matrix at ``pointer`` with leading dimension ``ld``, as a NumPy view."""
+    if ld < max(rows, 1):
+        raise ValueError(f"CUBLAS_STATUS_INVALID_VALUE: leading dimension {ld} < rows {rows}")
+    buffer = (np.ctypeslib.as_ctypes_type(dtype) * (ld * cols)).from_address(pointer)
+    return np.ctypeslib.as_array(buffer).reshape(cols, ld).T[:rows]
+
+
+class FakeCublas:
+    """The calls of ``cupy_backends.cuda.libs.cublas`` that ``CapturableGemm`` makes, over NumPy memory.
+
+    ``sgemm``/``dgemm`` follow cuBLAS: column-major ``C = alpha op(A) op(B) + beta C`` (beta 0
+    ignores C), alpha and beta read through host pointers when called. They run on the
+    handle's stream: recorded when that stream is capturing, refused when another one is
+    (real cuBLAS would run them outside the graph), and refused without a workspace.
+    """
+
+    def __init__(self) -> None:
+        self.handles: dict[int, dict[str, Any]] = {}
+        self.calls: list[str] = []
+
+    def create(self) -> int:
+        _forbid_while_capturing("cublasCreate")
+        handle = len(self.handles) + 1
+        self.handles[handle] = {"stream": 0, "workspace": None, "math": 0}
+        return handle
+
+    def setStream(self, handle: int, stream: int) -> None:  # noqa: N802 - CuPy's names
+        self.handles[handle]["stream"] = stream
+
+    def setWorkspace(self, handle: int, pointer: int, size: int) -> None:  # noqa: N802
+        self.handles[handle]["workspace"] = (pointer, size)
+
+    def setMathMode(self, handle: int, mode: int) -> None:  # noqa: N802
+        self.handles[handle]["math"] = mode
+
+    def sgemm(self, *args: Any) -> None:
+        self._gemm(np.dtype(np.float32), *args)
+
+    def dgemm(self, *args: Any) -> None:
+        self._gemm(np.dtype(np.float64), *args)
+
+    def _gemm(self, dtype: np.dtype, handle: int, transa: int, transb: int, m: int, n: int, k: int, *pointers: Any):
+        alpha_at, a_at, lda, b_at, ldb, beta_at, c_at, ldc = pointers
+        state = self.handles[handle]
+        if state["workspace"] is None:
+            raise RuntimeError("cuBLAS would allocate its workspace here: set one before capturing")
+        scalar = np.ctypeslib.as_ctypes_type(dtype)
+        alpha, beta = scalar.from_address(alpha_at).value, scalar.from_address(beta_at).value
+        a_shape = (m, k) if transa == _OP_N else (k, m)
+        b_shape = (k, n) if transb == _OP_N else (n, k)
+        a = _column_major(a_at, *a_shape, lda, dtype)
+        b = _column_major(b_at, *b_shape, ldb, dtype)
+        c = _column_major(c_at, m, n, ldc, dtype)
+        self.calls.append(f"{'sd'[dtype == np.float64]}gemm {m}x{n}x{k}")
+
+        def run() -> None:
+            product = alpha * ((a if transa == _OP_N else a.T) @ (b if transb == _OP_N else b.T))
+            c[...] = product if beta == 0 else product + beta * c
+
+        _run_or_record(run, stream=state["stream"])  # cuBLAS launches on its handle's stream
 
 
 def simulated_cuda_backend(library: ctypes.CDLL, index: int = 0) -> CudaBackend:
@@ -217,4 +413,5 @@ def simulated_cuda_backend(library: ctypes.CDLL, index: int = 0) -> CudaBackend:
     backend._launch = KernelLauncher(
         index, get_function=lambda spec, dtype: _shim_function(library, spec, dtype, index), ndarray_type=SimArray
     )
+    backend._cublas = FakeCublas()
     return backend

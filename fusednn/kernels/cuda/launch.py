@@ -14,6 +14,7 @@ on machines without a GPU.
 from __future__ import annotations
 
 import functools
+import math
 import operator
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -41,7 +42,13 @@ BIAS_GRAD_TARGET_ITEMS = 65536
 """Work items the bias-gradient reduction aims for: enough threads to fill a GPU,
 few enough that each thread sums a run of rows into its one partial sum."""
 
+MAX_REDUCTION_CHUNKS = 1024
+"""Most partial sums a two-pass reduction (``chunk_sums`` then one thread) uses."""
+
 _INT32_RANGE = (-(2**31), 2**31 - 1)
+
+# Pointer element types that do not follow the kernel's float type T.
+_FIXED_POINTER_TYPES = {"long long": np.dtype(np.int64), "double": np.dtype(np.float64)}
 
 
 def launch_config(items: int, block_size: int = BLOCK_SIZE, max_grid: int = MAX_GRID_SIZE) -> tuple[int, int]:
@@ -87,6 +94,21 @@ def bias_grad_rows_per_chunk(rows: int, cols: int, target_items: int = BIAS_GRAD
     return max(-(-rows // chunks), 1)
 
 
+def reduction_chunks(n: int, max_chunks: int = MAX_REDUCTION_CHUNKS) -> int:
+    """Partial sums for a fixed-order sum of ``n`` values: about ``sqrt(n)``, so both passes stay short.
+
+    The first pass (``chunk_sums``, ``penalty_grad``) gives each chunk every ``chunks``-th
+    value; one thread then adds the chunks in order. A pure function of ``n``, so a sum is
+    the same bits on every run.
+
+    >>> reduction_chunks(100), reduction_chunks(10**8), reduction_chunks(0)
+    (10, 1024, 1)
+    """
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    return min(max(math.isqrt(n), 1), max_chunks)
+
+
 def check_dtype(dtype: Any) -> np.dtype:
     """Return ``dtype`` as a NumPy dtype the kernels are instantiated for.
 
@@ -111,7 +133,8 @@ def prepare_args(
 
     Arrays must be instances of ``ndarray_type`` (``cupy.ndarray``), C-contiguous,
     of the parameter's dtype and on device ``device_id``. Scalars are cast to
-    ``np.int64`` (``long long``), ``np.int32`` (``int``) or ``dtype.type`` (``T``).
+    ``np.int64`` (``long long``), ``np.int32`` (``int``), ``np.float64`` (``double``)
+    or ``dtype.type`` (``T``).
 
     Raises:
         TypeError: wrong argument count, an array of the wrong type or dtype, a
@@ -125,7 +148,8 @@ def prepare_args(
     for (ctype, name), value in zip(spec.params, args, strict=True):
         where = f"{spec.name}: argument {name!r}"
         if ctype.endswith("*"):
-            expected = np.dtype(np.int64) if "long long" in ctype else dtype
+            element = ctype.removeprefix("const ").removesuffix("*")
+            expected = _FIXED_POINTER_TYPES.get(element, dtype)
             prepared.append(_check_array(value, expected, where, ndarray_type, device_id))
         elif ctype == "long long":
             prepared.append(np.int64(_as_integer(value, where)))
@@ -134,10 +158,10 @@ def prepare_args(
             if not _INT32_RANGE[0] <= number <= _INT32_RANGE[1]:
                 raise ValueError(f"{where} must fit a 32-bit int, got {number}")
             prepared.append(np.int32(number))
-        elif ctype == "T":
+        elif ctype in ("T", "double"):
             if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
                 raise TypeError(f"{where} must be a real number, got {type(value).__name__}")
-            prepared.append(dtype.type(value))
+            prepared.append(dtype.type(value) if ctype == "T" else np.float64(value))
         else:
             raise AssertionError(f"unknown C type {ctype!r} in the kernel table")
     return tuple(prepared)
@@ -208,6 +232,22 @@ class KernelLauncher:
         self._ndarray_type = ndarray_type
         self._functions: dict[tuple[str, np.dtype], Callable[..., Any]] = {}
 
+    def load(self, dtype: Any) -> None:
+        """Fetch (compile or load from CuPy's cache) every kernel for ``dtype`` now, without launching any.
+
+        A stream capture then records launches only: no module is compiled or loaded while it runs.
+        """
+        dtype = check_dtype(dtype)
+        for name, spec in KERNELS.items():
+            self._function(name, spec, dtype)
+
+    def _function(self, kernel: str, spec: KernelSpec, dtype: np.dtype) -> Callable[..., Any]:
+        key = (kernel, dtype)
+        function = self._functions.get(key)
+        if function is None:
+            function = self._functions[key] = self._get_function(spec, dtype)
+        return function
+
     def __call__(self, kernel: str, dtype: Any, items: int, *args: Any) -> None:
         """Launch ``kernel`` for ``dtype`` over ``items`` work items.
 
@@ -225,8 +265,4 @@ class KernelLauncher:
         dtype = check_dtype(dtype)
         prepared = prepare_args(spec, dtype, args, ndarray_type=self._ndarray_type, device_id=self.device_id)
         grid, block = launch_config(items)
-        key = (kernel, dtype)
-        function = self._functions.get(key)
-        if function is None:
-            function = self._functions[key] = self._get_function(spec, dtype)
-        function((grid,), (block,), prepared)
+        self._function(kernel, spec, dtype)((grid,), (block,), prepared)

@@ -6,7 +6,8 @@ Everything that compiles the ``.cu`` files reads from here: the backend's
 instantiations and the argument types a launch passes come from one place.
 
 The activation codes and constants are not written in the ``.cu`` files; they
-arrive as ``-D`` defines generated from :mod:`fusednn.kernels.activation_codes`.
+arrive as ``-D`` defines generated from :mod:`fusednn.kernels.activation_codes`
+and :mod:`.step_codes`.
 """
 
 from __future__ import annotations
@@ -18,11 +19,12 @@ from pathlib import Path
 import numpy as np
 
 from .. import activation_codes as codes
+from .step_codes import step_defines
 
 SOURCE_DIR = Path(__file__).resolve().parent
 """Folder holding the ``.cu`` files."""
 
-SOURCE_FILES: tuple[str, ...] = ("activations.cu", "losses.cu", "optimizers.cu")
+SOURCE_FILES: tuple[str, ...] = ("activations.cu", "losses.cu", "optimizers.cu", "training_step.cu")
 """Every CUDA C source; each is compiled into one ``cupy.RawModule``."""
 
 C_TYPES: dict[np.dtype, str] = {
@@ -50,7 +52,7 @@ def compile_defines() -> tuple[str, ...]:
     }
     # repr() round-trips a float exactly; every value is written as a double literal.
     defines += [f"-DFUSEDNN_{name}={float(value)!r}" for name, value in constants.items()]
-    return tuple(defines)
+    return (*defines, *step_defines())
 
 
 COMPILE_OPTIONS: tuple[str, ...] = ("-std=c++17", *compile_defines())
@@ -63,9 +65,10 @@ class KernelSpec:
 
     Each parameter is ``(C type, name)``, where the C type is written with
     ``T`` for the float type: ``"const T*"``, ``"T*"``, ``"const long long*"``,
-    ``"T"``, ``"long long"`` or ``"int"``. The launcher casts and checks
-    arguments by these types, and the compile checks instantiate the template
-    with exactly this signature, so a mismatch with the ``.cu`` fails to build.
+    ``"long long*"``, ``"const double*"``, ``"T"``, ``"double"``, ``"long long"``
+    or ``"int"``. The launcher casts and checks arguments by these types, and
+    the compile checks instantiate the template with exactly this signature, so
+    a mismatch with the ``.cu`` fails to build.
     """
 
     name: str
@@ -79,6 +82,86 @@ class KernelSpec:
     def name_expression(self, dtype: np.dtype) -> str:
         """The instantiation's name for NVRTC, e.g. ``"adam_step<float>"``."""
         return f"{self.name}<{C_TYPES[np.dtype(dtype)]}>"
+
+    def scheduled(self, host_scalars: tuple[str, ...]) -> KernelSpec:
+        """The ``<name>_scheduled`` twin of an optimizer step that reads ``host_scalars`` from a device vector.
+
+        The first of ``host_scalars`` becomes the parameter ``const T* scalars``, the others
+        are dropped (the kernel reads them from the same vector); see ``optimizers.cu``.
+        """
+        names = [name for _, name in self.params]
+        missing = set(host_scalars) - set(names)
+        if missing or not host_scalars:
+            raise ValueError(f"{self.name} has no parameters {sorted(missing)}")
+        params = [
+            ("const T*", "scalars") if name == host_scalars[0] else (ctype, name)
+            for ctype, name in self.params
+            if name == host_scalars[0] or name not in host_scalars
+        ]
+        return KernelSpec(f"{self.name}_scheduled", self.source, tuple(params))
+
+
+_SGD = KernelSpec(
+    "sgd_step",
+    "optimizers.cu",
+    (
+        ("T*", "param"),
+        ("const T*", "grad"),
+        ("T*", "momentum_buffer"),
+        ("long long", "n"),
+        ("T", "lr"),
+        ("T", "momentum"),
+        ("T", "one_minus_dampening"),
+        ("T", "weight_decay"),
+        ("int", "use_momentum"),
+        ("int", "nesterov"),
+        ("int", "first_step"),
+    ),
+)
+_RMSPROP = KernelSpec(
+    "rmsprop_step",
+    "optimizers.cu",
+    (
+        ("T*", "param"),
+        ("const T*", "grad"),
+        ("T*", "square_avg"),
+        ("T*", "grad_avg"),
+        ("T*", "momentum_buffer"),
+        ("long long", "n"),
+        ("T", "lr"),
+        ("T", "alpha"),
+        ("T", "one_minus_alpha"),
+        ("T", "eps"),
+        ("T", "weight_decay"),
+        ("T", "momentum"),
+        ("int", "centered"),
+        ("int", "use_momentum"),
+    ),
+)
+_ADAM = KernelSpec(
+    "adam_step",
+    "optimizers.cu",
+    (
+        ("T*", "param"),
+        ("const T*", "grad"),
+        ("T*", "exp_avg"),
+        ("T*", "exp_avg_sq"),
+        ("T*", "max_exp_avg_sq"),
+        ("long long", "n"),
+        ("T", "step_size"),
+        ("T", "bias_correction2_sqrt"),
+        ("T", "one_minus_beta1"),
+        ("T", "beta2"),
+        ("T", "one_minus_beta2"),
+        ("T", "eps"),
+        ("T", "weight_decay"),
+        ("int", "amsgrad"),
+    ),
+)
+
+# The training-step kernels' recurring parameters.
+_BATCH_ROWS = (("long long", "batch"), ("long long", "rows"))
+_STEP = "training_step.cu"
 
 
 KERNELS: dict[str, KernelSpec] = {
@@ -159,61 +242,122 @@ KERNELS: dict[str, KernelSpec] = {
                 ("T", "inv_n"),
             ),
         ),
+        _SGD,
+        _RMSPROP,
+        _ADAM,
+        _SGD.scheduled(("lr", "first_step")),
+        _RMSPROP.scheduled(("lr",)),
+        _ADAM.scheduled(("step_size", "bias_correction2_sqrt")),
         KernelSpec(
-            "sgd_step",
-            "optimizers.cu",
+            "gemm",
+            _STEP,
             (
-                ("T*", "param"),
-                ("const T*", "grad"),
-                ("T*", "momentum_buffer"),
+                ("const T*", "a"),
+                ("const T*", "b"),
+                ("T*", "c"),
+                ("long long", "m"),
                 ("long long", "n"),
-                ("T", "lr"),
-                ("T", "momentum"),
-                ("T", "one_minus_dampening"),
-                ("T", "weight_decay"),
-                ("int", "use_momentum"),
-                ("int", "nesterov"),
-                ("int", "first_step"),
+                ("long long", "k"),
+                ("int", "trans_a"),
+                ("int", "trans_b"),
             ),
         ),
         KernelSpec(
-            "rmsprop_step",
-            "optimizers.cu",
+            "gather_rows",
+            _STEP,
             (
-                ("T*", "param"),
-                ("const T*", "grad"),
-                ("T*", "square_avg"),
-                ("T*", "grad_avg"),
-                ("T*", "momentum_buffer"),
-                ("long long", "n"),
-                ("T", "lr"),
-                ("T", "alpha"),
-                ("T", "one_minus_alpha"),
-                ("T", "eps"),
-                ("T", "weight_decay"),
-                ("T", "momentum"),
-                ("int", "centered"),
-                ("int", "use_momentum"),
+                ("const T*", "src"),
+                ("const long long*", "order"),
+                ("const long long*", "counters"),
+                ("T*", "dst"),
+                *_BATCH_ROWS,
+                ("long long", "cols"),
             ),
         ),
         KernelSpec(
-            "adam_step",
-            "optimizers.cu",
+            "gather_labels",
+            _STEP,
             (
-                ("T*", "param"),
-                ("const T*", "grad"),
-                ("T*", "exp_avg"),
-                ("T*", "exp_avg_sq"),
-                ("T*", "max_exp_avg_sq"),
+                ("const long long*", "src"),
+                ("const long long*", "order"),
+                ("const long long*", "counters"),
+                ("long long*", "dst"),
+                *_BATCH_ROWS,
+            ),
+        ),
+        KernelSpec(
+            "store_rows",
+            _STEP,
+            (("const T*", "src"), ("const long long*", "counters"), ("T*", "dst"), *_BATCH_ROWS, ("long long", "cols")),
+        ),
+        KernelSpec(
+            "elementwise_loss",
+            _STEP,
+            (
+                ("const T*", "out"),
+                ("const T*", "target"),
+                ("T*", "grad"),
+                ("T*", "row_loss"),
+                ("long long", "rows"),
+                ("long long", "cols"),
+                ("int", "loss"),
+                ("T", "grad_scale"),
+            ),
+        ),
+        KernelSpec(
+            "chunk_sums",
+            _STEP,
+            (("const T*", "values"), ("T*", "partials"), ("long long", "n"), ("long long", "chunks")),
+        ),
+        KernelSpec(
+            "penalty_grad",
+            _STEP,
+            (
+                ("const T*", "w"),
+                ("T*", "g"),
+                ("T*", "partials"),
                 ("long long", "n"),
-                ("T", "step_size"),
-                ("T", "bias_correction2_sqrt"),
-                ("T", "one_minus_beta1"),
-                ("T", "beta2"),
-                ("T", "one_minus_beta2"),
-                ("T", "eps"),
-                ("T", "weight_decay"),
-                ("int", "amsgrad"),
+                ("long long", "chunks"),
+                ("T", "l1"),
+                ("T", "l2"),
+                ("T", "two_l2"),
+            ),
+        ),
+        KernelSpec(
+            "step_loss",
+            _STEP,
+            (
+                ("const T*", "loss_partials"),
+                ("long long", "loss_chunks"),
+                ("T", "scale"),
+                ("const T*", "penalty_partials"),
+                ("long long", "penalty_chunks"),
+                ("long long*", "counters"),
+                ("T*", "step_losses"),
+            ),
+        ),
+        KernelSpec(
+            "accumulate_gradient",
+            _STEP,
+            (
+                ("T*", "g"),
+                ("T*", "accumulated"),
+                ("long long", "n"),
+                ("T", "share"),
+                ("int", "first"),
+                ("int", "write_back"),
+            ),
+        ),
+        KernelSpec(
+            "update_scalars",
+            _STEP,
+            (
+                ("const double*", "rates"),
+                ("long long*", "counters"),
+                ("T*", "scalars"),
+                ("double", "beta1"),
+                ("double", "beta2"),
+                ("int", "adam"),
             ),
         ),
     )
