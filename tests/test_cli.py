@@ -76,6 +76,7 @@ def test_a_bad_flag_exits_2_with_one_line(module: str) -> None:
         (["--data", ".", "--labels", "labels.idx"], "--labels goes with an IDX images file"),
         (["--device", "tpu"], "Unknown device 'tpu'"),
         (["--seed", "-1"], "argument --seed: expected an integer >= 0, got -1"),
+        (["--epoch-path", "jit"], "argument --epoch-path: invalid choice: 'jit'"),
     ],
 )
 def test_bad_flags_in_process(flags: list[str], message: str, capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
@@ -355,3 +356,21 @@ def test_divergence_exits_1(tmp_path: Path, capsys: pytest.CaptureFixture) -> No
         status = main([*flags, "--epochs", "2", "--out", str(tmp_path)])
     assert status == ExitStatus.DIVERGED == 1
     assert "Loss became" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("epoch_path", ["compiled", "per-step"])
+def test_the_epoch_path_flag_reaches_fit(epoch_path: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from fusednn import nn
+
+    seen = []
+    fit = nn.fit
+
+    def recording_fit(*args, **kwargs):
+        history = fit(*args, **kwargs)
+        seen.append(history.params["epoch_path"])
+        return history
+
+    monkeypatch.setattr(nn, "fit", recording_fit)
+    argv = ["train", "--data", "xor", "--rows", "200", "--epochs", "2", "--device", "cpu", "--no-progress"]
+    assert main([*argv, "--epoch-path", epoch_path, "--out", str(tmp_path / "out")]) == 0
+    assert seen == [epoch_path]

@@ -24,10 +24,10 @@ BASE_BATCH = 256
 """The batch size ``--lr-scaling linear`` scales the learning rate from (Goyal et al., 2017)."""
 
 
-MAY_CHANGE_ON_RESUME = frozenset({"epochs", "device", "out", "overwrite", "resume", "no_progress"})
+MAY_CHANGE_ON_RESUME = frozenset({"epochs", "device", "epoch_path", "out", "overwrite", "resume", "no_progress"})
 """Flags a resumed run may set anew: how long, where and how verbosely it runs, not what it computes."""
 
-NOT_FROM_THE_RECORD = frozenset({"device", "overwrite", "resume", "no_progress"})
+NOT_FROM_THE_RECORD = frozenset({"device", "epoch_path", "overwrite", "resume", "no_progress"})
 """Flags a resumed run takes from its own command line (given or default), never from the saved record."""
 
 
@@ -149,6 +149,13 @@ def build_parsers(description: str) -> tuple[argparse.ArgumentParser, argparse.A
     model.add_argument("--dtype", choices=["float32", "float64"], default="float32", help="compute dtype")
     model.add_argument(
         "--device", default=None, help="numpy, cpu, cuda, cuda:N or auto (default: $FUSEDNN_DEVICE or cpu)"
+    )
+    model.add_argument(
+        "--epoch-path",
+        choices=list(nn.EPOCH_PATHS),
+        default="auto",
+        help="auto: compiled epochs where the device has them, per step while they first compile; "
+        "compiled: wait for them (every epoch one path); per-step: never compile them",
     )
 
     opt = train.add_argument_group("optimisation")

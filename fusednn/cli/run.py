@@ -323,6 +323,7 @@ def _fit(run: _Run, remaining: int, extra: dict[str, Any], history: dict[str, li
             metrics=run.metrics,
             seed=settings.seed,
             progress=not settings.no_progress,
+            epoch_path=settings.epoch_path,
             early_stopping=nn.EarlyStopping(patience=settings.early_stopping) if settings.early_stopping else None,
             schedule=_schedule(settings, run.lr),
             checkpoint=run.outputs.checkpoint,

@@ -28,10 +28,11 @@ from .losses import (
 from .model import MLP, Sequential
 from .optim import OPTIMIZERS, SGD, Adam, Optimizer, RMSprop, get_optimizer, optimizer_from_config
 from .parameters import ALIGNMENT, Parameters
-from .training import evaluate, fit
+from .training import EPOCH_PATHS, evaluate, fit
 
 __all__ = [
     "ALIGNMENT",
+    "EPOCH_PATHS",
     "INITIALIZERS",
     "LOSSES",
     "MLP",
