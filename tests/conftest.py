@@ -54,13 +54,17 @@ TOLERANCES = {"float32": {"rtol": 2e-5, "atol": 2e-6}, "float64": {"rtol": 1e-12
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _epoch_kernels_compiled() -> None:
+def _epoch_kernels_compiled(request: pytest.FixtureRequest) -> None:
     """Compile the cpu epoch kernel for both dtypes before any test trains.
 
     ``fit``'s default ``epoch_path="auto"`` trains per step while that kernel compiles in the
     background, so without this a test's path (and its last bits) would depend on how far
     the compile had got. Seconds on an empty Numba cache, once; a fraction of one when warm.
+    Not for ``-m gpu`` (``.ci/gpu``'s first stage, where each of a dozen workers would pay it
+    on a fresh machine for GPU cases that train on cuda).
     """
+    if request.config.getoption("markexpr") == "gpu":
+        return
     import numpy as np
 
     from fusednn import nn
