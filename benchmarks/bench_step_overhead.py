@@ -26,6 +26,7 @@ from typing import Any
 import pytest
 
 from benchmarks.configs import CONFIGS, Config
+from benchmarks.peers import fusednn_step
 from benchmarks.suite import grid
 
 LOOPS = ("public", "minimal")
@@ -34,34 +35,21 @@ TARGET = 1.5
 """The public loop's step may cost at most this many minimal steps."""
 
 
-def _problem(config: Config, device: str = "cpu") -> tuple[Any, Any, Any, Any]:
+def _problem(config: Config) -> tuple[Any, Any, Any, Any]:
     import numpy as np
 
     from fusednn import nn
 
     rng = np.random.default_rng(0)
-    model = nn.MLP(list(config.sizes), activation=config.activation, device=device, dtype="float32", seed=0)
+    model = nn.MLP(list(config.sizes), activation=config.activation, device="cpu", dtype="float32", seed=0)
     x = rng.standard_normal((config.batch, config.sizes[0])).astype(np.float32)
     y = rng.integers(0, config.sizes[-1], config.batch)
     return model, nn.Adam(model.parameters(), lr=1e-3), x, y
 
 
 def public_step(config: Config, device: str = "cpu") -> Callable[[], Any]:
-    """One step as a user writes it: forward, loss, backward, step on the model's device arrays."""
-    from fusednn import nn
-
-    model, optimizer, x_host, y_host = _problem(config, device)
-    loss_fn = nn.get_loss("categorical_crossentropy", device=device)
-    x, y = model.backend.asarray(x_host), model.backend.asindex(y_host)
-
-    def step() -> Any:
-        out = model.forward(x)
-        loss, dout = loss_fn(out, y)
-        model.backward(dout, need_input_grad=False)
-        optimizer.step()
-        return loss
-
-    return step
+    """One step as a user writes it: forward, loss, backward, step (the runner's fusednn step-mode peer)."""
+    return fusednn_step(config, device).run
 
 
 def minimal_step(config: Config) -> Callable[[], Any]:
