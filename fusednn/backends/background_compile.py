@@ -27,9 +27,11 @@ from typing import Any
 from numba.core.compiler_lock import global_compiler_lock
 
 _lock = threading.Lock()
-_threads: dict[tuple[int, tuple[Any, ...]], threading.Thread] = {}
-"""The compile thread of each (dispatcher, signature), so two callers never compile the same thing twice."""
-_errors: dict[tuple[int, tuple[Any, ...]], BaseException] = {}
+_threads: dict[tuple[Any, tuple[Any, ...]], threading.Thread] = {}
+"""The compile thread of each (dispatcher, signature), so two callers never compile the same thing twice.
+
+Keyed by the dispatcher itself, not its ``id``: an id can be reused once a dispatcher is gone."""
+_errors: dict[tuple[Any, tuple[Any, ...]], BaseException] = {}
 
 
 class Specialisation:
@@ -53,7 +55,7 @@ class Specialisation:
         """``example_args``: arguments whose Numba types are those of the calls to come."""
         self.dispatcher = dispatcher
         self.signature = tuple(dispatcher.typeof_pyval(arg) for arg in example_args)
-        self._key = (id(dispatcher), self.signature)
+        self._key = (dispatcher, self.signature)
 
     def ready(self) -> bool:
         """Whether a call with this signature runs without compiling: compiled here, or now loaded from disk.
