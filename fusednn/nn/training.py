@@ -470,7 +470,8 @@ def fit(
         compiled call of the backend (the ``"cpu"`` backend, for :class:`~fusednn.nn.Dense` stacks
         with the built-in losses and optimizers), ``"cuda-graph"``, each step one replayed CUDA
         graph (the ``"cuda"`` backend, for such stacks), ``"per-step"``, each step driven from
-        Python (the ``"numpy"`` backend, any layer, loss or optimizer subclass of your own, and a
+        Python (the ``"numpy"`` backend, :class:`~fusednn.nn.Dropout` and :class:`~fusednn.nn.BatchNorm`,
+        any layer, loss or optimizer subclass of your own, and a
         CUDA graph that failed to capture, with a ``RuntimeWarning``), or ``"per-step, then
         compiled"`` while the compiled form was still compiling; ``history.params["compiled_epochs"]``
         counts the epochs the backend's trainer ran. All give the same numbers, to rounding.
