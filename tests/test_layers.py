@@ -12,6 +12,7 @@ import ctypes
 import numpy as np
 import pytest
 import torch
+from conftest import GPU_SKIP_REASON, HAS_GPU
 from cuda_shim.build import build_shim_library, have
 from cuda_shim.simulated import simulated_cuda_backend
 
@@ -37,6 +38,8 @@ PHILOX_KAT = [
 KEYS = [(0, 0, 0), (1, 5, 2), (2**64 - 1, 2**64 - 1, 2**32 - 1), (123456789012345, 2**33 + 7, 9)]
 """(seed, step, layer): zero, small, every word at its maximum, words above 32 bits."""
 
+REAL_GPU = pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not HAS_GPU, reason=GPU_SKIP_REASON)])
+
 
 @pytest.fixture(scope="module")
 def shim_library(tmp_path_factory: pytest.TempPathFactory) -> ctypes.CDLL:
@@ -52,9 +55,9 @@ def sim_cuda(shim_library: ctypes.CDLL, monkeypatch: pytest.MonkeyPatch) -> str:
     return "cuda:0"
 
 
-@pytest.fixture(params=["numpy", "cpu", "sim"])
+@pytest.fixture(params=["numpy", "cpu", "sim", REAL_GPU])
 def any_device(request: pytest.FixtureRequest) -> str:
-    """numpy, cpu and the simulated cuda backend (a real GPU is covered by the gpu-marked tests)."""
+    """numpy, cpu, the simulated cuda backend and, when present, a real GPU."""
     if request.param == "sim":
         return request.getfixturevalue("sim_cuda")
     return request.param
@@ -101,6 +104,17 @@ def test_dropout_masks_are_bit_identical_on_every_backend(sim_cuda, dtype, key, 
     assert outputs[0].dtype == np.dtype(dtype)
     for other in outputs[1:]:
         np.testing.assert_array_equal(other, outputs[0])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_GPU, reason=GPU_SKIP_REASON)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("key", KEYS)
+def test_dropout_masks_on_a_gpu_are_the_references_bit_for_bit(dtype, key) -> None:
+    x = np.random.default_rng(0).normal(size=(1000, 37)).astype(dtype)
+    ref, gpu = fusednn.backend("numpy"), fusednn.backend("cuda")
+    expected = ref.dropout(ref.asarray(x), 0.3, *key)
+    np.testing.assert_array_equal(gpu.to_numpy(gpu.dropout(gpu.asarray(x), 0.3, *key)), expected)
 
 
 @pytest.mark.parametrize("config", [(1, 1), (3, 32), (64, 256)])
@@ -199,11 +213,11 @@ def test_dropout_layer_backward_applies_its_forward_mask_and_eval_is_identity(de
     np.testing.assert_array_equal(model.predict(x), model.predict(x))
 
 
-def test_dropout_training_runs_agree_across_backends(sim_cuda) -> None:
+def test_dropout_training_runs_agree_across_backends(any_device) -> None:
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(64, 5)), rng.integers(0, 3, 64)
     weights = []
-    for device in ("numpy", "cpu", sim_cuda):
+    for device in ("numpy", any_device):
         model = nn.Sequential(
             [nn.Dense(5, 16, activation="relu"), nn.Dropout(0.5, seed=9), nn.Dense(16, 3)],
             device=device,

@@ -689,6 +689,8 @@ class Backend:
         key ``seed``) is at least ``floor(rate * 2**32)`` (see :mod:`fusednn.backends.philox`).
         Every backend draws the same mask, bit for bit, and applying the same key to ``dy``
         gives the backward pass ``dx``. A dropped element is 0 even where ``x`` is NaN or infinite.
+        The kept values are the same bits too, except float32 subnormals, which CUDA (built with
+        ``-ftz=true``) flushes to zero.
 
         Args:
             x: any shape, float32/float64, at most ``2**34`` elements.
@@ -697,9 +699,8 @@ class Backend:
 
         >>> import numpy as np, fusednn
         >>> be = fusednn.backend("numpy")
-        >>> y = be.dropout(be.asarray(np.ones(8)), 0.5, seed=0, step=0, layer=0)
-        >>> sorted(set(y.tolist())) in ([0.0, 2.0], [2.0], [0.0])
-        True
+        >>> be.dropout(be.asarray(np.ones(8)), 0.5, seed=0, step=0, layer=0)
+        array([0., 2., 2., 2., 2., 0., 2., 0.])
 
         Raises:
             ValueError: ``rate`` outside ``[0, 1)``, a key word out of range, or ``x`` too large.

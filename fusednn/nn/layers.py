@@ -189,9 +189,8 @@ class Layer:
         return self.backward(dy, need_input_grad)
 
     def regularization_loss(self) -> Array:
-        """The layer's penalty as a 0-d device array (called only when :attr:`has_penalty`)."""
-        backend = self._require_backend()
-        return backend.zeros((), backend.xp.float64)
+        """The layer's penalty as a 0-d device array; the model calls it only when :attr:`has_penalty`."""
+        raise NotImplementedError(f"{type(self).__name__} has a penalty, so it must implement regularization_loss()")
 
     def state(self) -> dict[str, int]:
         """Host-side counters that checkpoints carry (e.g. the step that keys dropout masks); ``{}`` for most."""
