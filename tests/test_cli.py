@@ -297,6 +297,21 @@ def test_resume_refuses_a_malformed_checkpoint(
     assert message in one_error_line(capsys)
 
 
+def test_resume_refuses_a_model_with_layers_the_cli_never_builds(
+    saved_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    saved = nn.load(saved_run, device="numpy")
+    first, last = saved.model.layers
+    layers = [nn.Dense(**first.get_config()), nn.Dropout(0.1), nn.Dense(**last.get_config())]
+    model = nn.Sequential(layers, device="numpy", seed=0)
+    model.set_weights(saved.model.get_weights())
+    damaged = tmp_path / "dropout.npz"
+    nn.save(damaged, model, nn.Adam(model.parameters(), lr=0.002), **saved.extra)
+    argv = ["train", "--resume", str(damaged), "--epochs", "2", "--out", str(tmp_path / "out"), "--device", "numpy"]
+    assert main(argv) == ExitStatus.CHECKPOINT
+    assert "its model has layers other than nn.Dense, which fusednn train never builds" in one_error_line(capsys)
+
+
 def test_resume_reads_the_record_of_an_older_fusednn(saved_run: Path, tmp_path: Path) -> None:
     """Records written before --task and --overwrite existed, with relative paths, still resume."""
     saved = nn.load(saved_run, device="numpy")

@@ -48,6 +48,7 @@ def test_shim_and_simulated_backend_tests_pass_under_the_sanitizers() -> None:
         "test_cuda_simulated_backend.py",
         "test_cuda_simulated_training.py",
         "test_cuda_graph_training.py",
+        "test_layers.py",  # dropout and batch norm through the shim and the simulated backend
     ]
     result = subprocess.run(
         # -m "not gpu": the graph tests' real-GPU twins would only skip in the child, which needs no GPU.

@@ -41,6 +41,7 @@ from ..kernels.activation_codes import (
 from .device import Device
 from .dtypes import FLOAT_DTYPES, resolve_dtype
 from .epoch_plan import EpochPlan, EpochTrainer
+from .philox import dropout_bits, dropout_threshold
 
 Array = Any
 """A NumPy or CuPy array, depending on the backend."""
@@ -71,6 +72,24 @@ _NOT_REAL = {
     "M": "datetimes; convert them to numbers first",
     "m": "timedeltas; convert them to numbers first",
 }
+
+
+DROPOUT_MAX_ELEMENTS = 2**34
+"""The most elements one dropout call takes: four per value of the 32-bit block counter."""
+
+
+def check_dropout_rate(rate: Any) -> float:
+    """``rate`` as a float if it is a number in ``[0, 1)``.
+
+    Raises:
+        TypeError: ``rate`` is not a real number.
+        ValueError: ``rate`` is outside ``[0, 1)`` (or NaN).
+    """
+    if isinstance(rate, bool) or not isinstance(rate, (int, float, np.integer, np.floating)):
+        raise TypeError(f"dropout rate must be a number in [0, 1), got {type(rate).__name__}")
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"dropout rate must lie in [0, 1), got {rate}")
+    return float(rate)
 
 
 def unmasked(x: Any, name: str = "array") -> Any:
@@ -659,6 +678,172 @@ class Backend:
             dW += l1 * self.xp.sign(W)
         if l2:
             dW += (2 * l2) * W
+
+    # ------------------------------------------------- dropout and batch norm
+
+    def dropout(self, x: Array, rate: float, seed: int, step: int, layer: int) -> Array:
+        """Inverted dropout: ``y = x / (1 - rate)`` where an element is kept, ``0`` where it is dropped.
+
+        The mask is a pure function of ``(seed, step, layer)`` and the element's index: element
+        ``i`` is kept when word ``i % 4`` of Philox 4x32-10 (counter ``(i // 4, layer, step)``,
+        key ``seed``) is at least ``floor(rate * 2**32)`` (see :mod:`fusednn.backends.philox`).
+        Every backend draws the same mask, bit for bit, and applying the same key to ``dy``
+        gives the backward pass ``dx``. A dropped element is 0 even where ``x`` is NaN or infinite.
+        The kept values are the same bits too, except float32 subnormals, which CUDA (built with
+        ``-ftz=true``) flushes to zero.
+
+        Args:
+            x: any shape, float32/float64, at most ``2**34`` elements.
+            rate: the probability of dropping an element, ``0 <= rate < 1``.
+            seed: integer in ``[0, 2**64)``; step: in ``[0, 2**64)``; layer: in ``[0, 2**32)``.
+
+        >>> import numpy as np, fusednn
+        >>> be = fusednn.backend("numpy")
+        >>> be.dropout(be.asarray(np.ones(8)), 0.5, seed=0, step=0, layer=0)
+        array([0., 2., 2., 2., 2., 0., 2., 0.])
+
+        Raises:
+            ValueError: ``rate`` outside ``[0, 1)``, a key word out of range, or ``x`` too large.
+            TypeError: ``x`` is not a float array of this backend, or a key word is not an integer.
+        """
+        self.check(x, "x")
+        rate = check_dropout_rate(rate)
+        for name, value, bits in (("seed", seed, 64), ("step", step, 64), ("layer", layer, 32)):
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise TypeError(f"dropout {name} must be an integer, got {type(value).__name__}")
+            if not 0 <= value < 2**bits:
+                raise ValueError(f"dropout {name} must lie in [0, 2**{bits}), got {value}")
+        if x.size > DROPOUT_MAX_ELEMENTS:
+            raise ValueError(f"dropout takes at most 2**34 elements (the counter's word), got {x.size}")
+        return self._dropout_unchecked(x, rate, int(seed), int(step), int(layer))
+
+    def _dropout_unchecked(self, x: Array, rate: float, seed: int, step: int, layer: int) -> Array:
+        """:meth:`dropout` for operands the caller guarantees valid."""
+        bits = dropout_bits(self.xp, x.size, seed, step, layer).reshape(x.shape)
+        keep = bits >= np.uint64(dropout_threshold(rate))
+        return self.xp.where(keep, x * x.dtype.type(1.0 / (1.0 - rate)), x.dtype.type(0))
+
+    def batchnorm_forward(
+        self,
+        x: Array,
+        gamma: Array,
+        beta: Array,
+        running_mean: Array,
+        running_var: Array,
+        momentum: float,
+        eps: float,
+        training: bool,
+    ) -> tuple[Array, Array, Array]:
+        """Batch normalisation of ``x (N, F)`` over its rows, as ``torch.nn.BatchNorm1d``.
+
+        ``y = (x - mean) * inv_std * gamma + beta`` with ``inv_std = 1 / sqrt(var + eps)``. In
+        training, ``mean`` and the biased ``var`` are the batch's, and the running statistics
+        are updated in place: ``running_mean = (1 - momentum) * running_mean + momentum * mean``,
+        likewise ``running_var`` with the unbiased variance ``var * N / (N - 1)``. In evaluation
+        they are the running statistics, which stay as they are.
+
+        Returns ``(y (N, F), mean (F,), inv_std (F,))``; :meth:`batchnorm_backward` takes the last two.
+
+        Raises:
+            ValueError: shapes disagree, training on a single row (its variance is undefined),
+                ``momentum`` outside ``[0, 1]`` or ``eps`` not positive.
+            TypeError: an operand is not a float array of this backend, or dtypes differ.
+        """
+        self._check_same_dtype(x=x, gamma=gamma, beta=beta, running_mean=running_mean, running_var=running_var)
+        if x.ndim != 2:
+            raise ValueError(f"batchnorm expects x of shape (N, features), got {tuple(x.shape)}")
+        features = (x.shape[1],)
+        for name, vector in (("gamma", gamma), ("beta", beta), ("running_mean", running_mean)):
+            self._check_shape(vector, features, name)
+        self._check_shape(running_var, features, "running_var")
+        if training and x.shape[0] < 2:
+            raise ValueError(f"batchnorm in training needs more than 1 row per feature, got input of shape {x.shape}")
+        if not 0.0 <= momentum <= 1.0:
+            raise ValueError(f"batchnorm momentum must lie in [0, 1], got {momentum}")
+        if not eps > 0.0:
+            raise ValueError(f"batchnorm eps must be > 0, got {eps}")
+        return self._batchnorm_forward_unchecked(
+            x, gamma, beta, running_mean, running_var, float(momentum), float(eps), bool(training)
+        )
+
+    def _batchnorm_forward_unchecked(
+        self,
+        x: Array,
+        gamma: Array,
+        beta: Array,
+        running_mean: Array,
+        running_var: Array,
+        momentum: float,
+        eps: float,
+        training: bool,
+    ) -> tuple[Array, Array, Array]:
+        """:meth:`batchnorm_forward` for operands the caller guarantees valid."""
+        xp = self.xp
+        if training:
+            n = x.shape[0]
+            mean = x.mean(axis=0)
+            var = x.var(axis=0)
+            running_mean[...] = (1.0 - momentum) * running_mean + momentum * mean
+            running_var[...] = (1.0 - momentum) * running_var + momentum * (var * (n / (n - 1)))
+        else:
+            mean = running_mean.copy()
+            var = running_var
+        inv_std = (1.0 / xp.sqrt(var + eps)).astype(x.dtype)
+        return (x - mean) * inv_std * gamma + beta, mean, inv_std
+
+    def batchnorm_backward(
+        self,
+        x: Array,
+        dy: Array,
+        gamma: Array,
+        mean: Array,
+        inv_std: Array,
+        dgamma: Array,
+        dbeta: Array,
+        training: bool,
+        need_dx: bool = True,
+    ) -> Array | None:
+        """Backward pass of :meth:`batchnorm_forward`, given its ``x``, ``mean`` and ``inv_std``.
+
+        With ``xhat = (x - mean) * inv_std``: ``dbeta = sum(dy)``, ``dgamma = sum(dy * xhat)``
+        (over rows, written in place) and, when ``need_dx``,
+        ``dx = gamma * inv_std * (dy - dbeta / N - xhat * dgamma / N)`` after a training
+        forward (the batch statistics depend on ``x``) or ``gamma * inv_std * dy`` after an
+        evaluation one. Returns ``dx (N, F)`` or ``None``.
+
+        Raises:
+            ValueError / TypeError: as :meth:`batchnorm_forward`, for these operands.
+        """
+        self._check_same_dtype(x=x, dy=dy, gamma=gamma, mean=mean, inv_std=inv_std, dgamma=dgamma, dbeta=dbeta)
+        if x.ndim != 2:
+            raise ValueError(f"batchnorm expects x of shape (N, features), got {tuple(x.shape)}")
+        self._check_shape(dy, x.shape, "dy")
+        features = (x.shape[1],)
+        for name, vector in (("gamma", gamma), ("mean", mean), ("inv_std", inv_std), ("dgamma", dgamma)):
+            self._check_shape(vector, features, name)
+        self._check_shape(dbeta, features, "dbeta")
+        return self._batchnorm_backward_unchecked(x, dy, gamma, mean, inv_std, dgamma, dbeta, bool(training), need_dx)
+
+    def _batchnorm_backward_unchecked(
+        self,
+        x: Array,
+        dy: Array,
+        gamma: Array,
+        mean: Array,
+        inv_std: Array,
+        dgamma: Array,
+        dbeta: Array,
+        training: bool,
+        need_dx: bool,
+    ) -> Array | None:
+        """:meth:`batchnorm_backward` for operands the caller guarantees valid."""
+        xhat = (x - mean) * inv_std
+        self.xp.sum(dy, axis=0, out=dbeta)
+        self.xp.sum(dy * xhat, axis=0, out=dgamma)
+        if not need_dx:
+            return None
+        g = dy - dbeta / x.shape[0] - xhat * (dgamma / x.shape[0]) if training else dy
+        return g * (gamma * inv_std)
 
     # -------------------------------------------------------------- optimizers
     # Each step updates a flat parameter buffer in place with exactly the rule

@@ -40,6 +40,7 @@ from .cuda_graphs import graph_trainer
 from .cuda_runtime import require_device
 from .device import Device
 from .epoch_plan import EpochPlan, EpochTrainer
+from .philox import dropout_threshold, split_key
 
 MATMUL_PRECISIONS: tuple[str, ...] = ("highest", "tf32")
 """Valid arguments of :func:`set_matmul_precision`."""
@@ -312,6 +313,91 @@ class CudaBackend(Backend):
         self.matmul(x, dz, transpose_a=True, out=dW_out)
         self._written_to(dW, dW_out)
         return self.matmul(dz, W, transpose_b=True) if need_dx else None
+
+    # ------------------------------------------------- dropout and batch norm
+
+    def _dropout_unchecked(self, x: Array, rate: float, seed: int, step: int, layer: int) -> Array:
+        """One kernel, a thread per block of four elements; see :meth:`Backend.dropout`."""
+        x = self._contiguous(x)
+        y = self.xp.empty_like(x)
+        n = x.size
+        scale = 1.0 / (1.0 - rate)
+        threshold = dropout_threshold(rate)
+        self._launch("dropout_apply", x.dtype, (n + 3) // 4, x, y, n, threshold, scale, *split_key(seed, step), layer)
+        return y
+
+    def _batchnorm_forward_unchecked(
+        self,
+        x: Array,
+        gamma: Array,
+        beta: Array,
+        running_mean: Array,
+        running_var: Array,
+        momentum: float,
+        eps: float,
+        training: bool,
+    ) -> tuple[Array, Array, Array]:
+        """One kernel, a thread per feature: statistics, then ``y``; see :meth:`Backend.batchnorm_forward`."""
+        x = self._contiguous(x)
+        y = self.xp.empty_like(x)
+        mean, inv_std = self.xp.empty_like(gamma), self.xp.empty_like(gamma)
+        rows, cols = x.shape
+        with self._updated_in_place(running_mean, running_var) as (r_mean, r_var):
+            self._launch(
+                "batchnorm_forward",
+                x.dtype,
+                cols,
+                x,
+                self._contiguous(gamma),
+                self._contiguous(beta),
+                r_mean,
+                r_var,
+                y,
+                mean,
+                inv_std,
+                rows,
+                cols,
+                momentum,
+                eps,
+                int(training),
+            )
+        return y, mean, inv_std
+
+    def _batchnorm_backward_unchecked(
+        self,
+        x: Array,
+        dy: Array,
+        gamma: Array,
+        mean: Array,
+        inv_std: Array,
+        dgamma: Array,
+        dbeta: Array,
+        training: bool,
+        need_dx: bool,
+    ) -> Array | None:
+        """One kernel, a thread per feature: the sums, then ``dx``; see :meth:`Backend.batchnorm_backward`."""
+        x, dy = self._contiguous(x), self._contiguous(dy)
+        rows, cols = x.shape
+        dx = self.xp.empty_like(x) if need_dx else self.xp.empty(0, dtype=x.dtype)
+        with self._updated_in_place(dgamma, dbeta) as (dgamma_out, dbeta_out):
+            self._launch(
+                "batchnorm_backward",
+                x.dtype,
+                cols,
+                x,
+                dy,
+                self._contiguous(gamma),
+                self._contiguous(mean),
+                self._contiguous(inv_std),
+                dx,
+                dgamma_out,
+                dbeta_out,
+                rows,
+                cols,
+                int(training),
+                int(need_dx),
+            )
+        return dx if need_dx else None
 
     # ------------------------------------------------------------------ losses
 

@@ -41,11 +41,12 @@ import numpy as np
 from scipy.special import erf
 
 from ..kernels.activation_codes import ACTIVATION_CODES
-from ..kernels.cpu import activations, dense, losses, optim
+from ..kernels.cpu import activations, dense, layers, losses, optim
 from .base import Array, Backend, adam_scalars, check_activation
 from .cpu_epoch import compile_plan
 from .device import Device
 from .epoch_plan import EpochPlan, EpochTrainer
+from .philox import dropout_threshold, split_key
 
 if "NUMBA_THREADING_LAYER" not in os.environ:
     # numba.config sets its options through globals() as it reads the environment: no checker can see them.
@@ -222,6 +223,56 @@ class NumbaBackend(Backend):
         else:
             total = serial(logits, target, grad)
         return np.array(total / logits.shape[0], dtype=logits.dtype), grad
+
+    # ------------------------------------------------- dropout and batch norm
+
+    def _dropout_unchecked(self, x: Array, rate: float, seed: int, step: int, layer: int) -> Array:
+        """One Numba pass that draws each block's Philox words and applies them; see :meth:`Backend.dropout`."""
+        x = np.ascontiguousarray(x)
+        y = np.empty_like(x)
+        words = [np.uint64(w) for w in (dropout_threshold(rate), *split_key(seed, step), layer)]
+        scale = x.dtype.type(1.0 / (1.0 - rate))
+        threshold, seed_lo, seed_hi, step_lo, step_hi, layer_word = words
+        layers.dropout_apply(
+            x.reshape(-1), y.reshape(-1), threshold, scale, seed_lo, seed_hi, step_lo, step_hi, layer_word
+        )
+        return y
+
+    def _batchnorm_forward_unchecked(
+        self,
+        x: Array,
+        gamma: Array,
+        beta: Array,
+        running_mean: Array,
+        running_var: Array,
+        momentum: float,
+        eps: float,
+        training: bool,
+    ) -> tuple[Array, Array, Array]:
+        """Two Numba passes over ``x``: statistics, then ``y``; see :meth:`Backend.batchnorm_forward`."""
+        x = np.ascontiguousarray(x)
+        y = np.empty_like(x)
+        mean, inv_std = np.empty_like(gamma), np.empty_like(gamma)
+        layers.batchnorm_forward(x, gamma, beta, running_mean, running_var, y, mean, inv_std, momentum, eps, training)
+        return y, mean, inv_std
+
+    def _batchnorm_backward_unchecked(
+        self,
+        x: Array,
+        dy: Array,
+        gamma: Array,
+        mean: Array,
+        inv_std: Array,
+        dgamma: Array,
+        dbeta: Array,
+        training: bool,
+        need_dx: bool,
+    ) -> Array | None:
+        """Two Numba passes: the sums, then ``dx``; see :meth:`Backend.batchnorm_backward`."""
+        x, dy = np.ascontiguousarray(x), np.ascontiguousarray(dy)
+        dx = np.empty_like(x) if need_dx else np.empty((0, x.shape[1]), dtype=x.dtype)
+        layers.batchnorm_backward(x, dy, gamma, mean, inv_std, dx, dgamma, dbeta, training, need_dx)
+        return dx if need_dx else None
 
     # -------------------------------------------------------------- optimizers
 

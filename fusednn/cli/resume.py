@@ -112,7 +112,9 @@ def scaler(checkpoint: nn.Checkpoint, scale: str) -> Any:
 def _check_record_describes_model(record: argparse.Namespace, checkpoint: nn.Checkpoint) -> None:
     """The record must be that of the model and optimizer the checkpoint holds, or it tells a false story."""
     model, optimizer = checkpoint.model, checkpoint.optimizer
-    hidden = model.layers[:-1]
+    hidden = [layer for layer in model.layers[:-1] if isinstance(layer, nn.Dense)]
+    if len(hidden) != len(model.layers) - 1 or not isinstance(model.layers[-1], nn.Dense):
+        raise _malformed(checkpoint.path, "its model has layers other than nn.Dense, which fusednn train never builds")
     held = (
         [layer.out_features for layer in hidden],
         {layer.activation for layer in hidden},

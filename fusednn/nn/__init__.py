@@ -12,10 +12,12 @@
 """
 
 from . import data, metrics, schedules
+from .batchnorm import BatchNorm
 from .callbacks import EarlyStopping, History, NonFiniteError, NonFiniteLossError, NonFiniteStateError
 from .checkpoint import Checkpoint, load, save
+from .dropout import Dropout
 from .init import INITIALIZERS
-from .layers import Dense
+from .layers import LAYERS, Dense, Layer, layer_from_config, register_layer
 from .losses import (
     LOSSES,
     BinaryCrossentropy,
@@ -34,17 +36,21 @@ __all__ = [
     "ALIGNMENT",
     "EPOCH_PATHS",
     "INITIALIZERS",
+    "LAYERS",
     "LOSSES",
     "MLP",
     "OPTIMIZERS",
     "SGD",
     "Adam",
+    "BatchNorm",
     "BinaryCrossentropy",
     "CategoricalCrossentropy",
     "Checkpoint",
     "Dense",
+    "Dropout",
     "EarlyStopping",
     "History",
+    "Layer",
     "Loss",
     "MeanAbsoluteError",
     "MeanSquaredError",
@@ -60,9 +66,11 @@ __all__ = [
     "fit",
     "get_loss",
     "get_optimizer",
+    "layer_from_config",
     "load",
     "metrics",
     "optimizer_from_config",
+    "register_layer",
     "save",
     "schedules",
 ]

@@ -5,8 +5,11 @@ Layout of the archive (no pickles anywhere, so loading runs no code):
 * ``__header__``: UTF-8 JSON as a uint8 array: the format tag ``"fusednn-checkpoint"``,
   the format version, the model config (:meth:`Sequential.get_config`), the optimizer
   config, the optimizer step count, the epoch counter, the caller's ``extra`` values,
-  and a SHA-256 checksum over every array (name, dtype, shape and bytes).
-* ``model/<name>``: weights from :meth:`Sequential.state_dict` (``0.W``, ``0.b``, ...).
+  the layers' host counters (``"layer_state"``, :meth:`Sequential.layer_states`, when a
+  layer keeps any, e.g. :class:`~fusednn.nn.Dropout`'s step) and a SHA-256 checksum over
+  every array (name, dtype, shape and bytes).
+* ``model/<name>``: weights and buffers from :meth:`Sequential.state_dict` (``0.W``, ``0.b``,
+  ``1.running_mean``, ...).
 * ``optimizer/<name>``: optimizer state arrays (``exp_avg``, ``exp_avg_sq``, ...).
 
 Writing goes to a temporary file in the destination's directory, which is flushed,
@@ -139,6 +142,9 @@ def write_checkpoint(
         "extra": extra,
         "checksum": _checksum(arrays),
     }
+    layer_states = model.layer_states()
+    if any(layer_states):  # absent when no layer keeps any: the header of a Dense stack is as it always was
+        header["layer_state"] = layer_states
     arrays[_HEADER] = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
     # NumPy's stub reads a splatted dict as possibly filling savez's own ``allow_pickle: bool``;
     # our keys are "__header__" and "model/..." / "optimizer/..." names, never that.
@@ -261,6 +267,8 @@ def load(path: str | os.PathLike, device: str | None = None, dtype: Any = None) 
             prefix = "optimizer/"
             state = {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
             optimizer.load_state_dict({"step": int(header["step"]), **state})
+        if "layer_state" in header:
+            model.load_layer_states(header["layer_state"])
         model.epochs_trained = int(header.get("epoch", 0))
         extra = dict(header.get("extra") or {})
     except (KeyError, TypeError, ValueError) as error:

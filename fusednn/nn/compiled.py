@@ -3,7 +3,8 @@
 :func:`fit` asks the backend for a compiled epoch trainer with the plan built here. Each
 kind of layer, loss and optimizer has a compiled form only if it is listed below, by
 exact class: a subclass may compute something else, so it (like any new layer kind that
-brings no compiled form) gets no plan, and ``fit`` runs its per-step loop instead.
+brings no compiled form: :class:`~fusednn.nn.Dropout`, :class:`~fusednn.nn.BatchNorm`, a
+user's :class:`~fusednn.nn.Layer`) gets no plan, and ``fit`` runs its per-step loop instead.
 """
 
 from __future__ import annotations

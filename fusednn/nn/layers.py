@@ -1,14 +1,19 @@
-"""Layers: :class:`Dense`, a fully connected layer with a fused activation.
+"""The layer protocol (:class:`Layer`), its registry, and :class:`Dense`, a fully connected layer.
 
-A layer owns no memory of its own: its model allocates one flat parameter and
-one flat gradient buffer and hands each layer views into them
-(:meth:`Dense.bind`). Forward keeps ``(x, z, y)`` for backward; backward
-writes ``dW`` and ``db`` in place into the gradient views.
+A layer owns no memory of its own: its model allocates one flat parameter and one
+flat gradient buffer, plus one array per non-trainable buffer, and hands each layer
+views into them (:meth:`Layer.bind`). Forward keeps what backward needs; backward
+writes the parameter gradients in place into the gradient views.
+
+Every subclass of :class:`Layer` registers itself under its class name (or the
+``tag`` it passes), so :func:`layer_from_config` and :func:`fusednn.nn.load` rebuild
+it from the ``{"type": tag, "config": get_config()}`` entry a model's config holds.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -16,6 +21,9 @@ from ..backends import Backend, check_activation
 from .init import initial_weights, resolve_init
 
 Array = Any
+
+LAYERS: dict[str, type[Layer]] = {}
+"""Every layer class by its type tag: what :func:`layer_from_config` can rebuild."""
 
 
 def _check_penalty(name: str, value: float) -> float:
@@ -25,7 +33,233 @@ def _check_penalty(name: str, value: float) -> float:
     return value
 
 
-class Dense:
+def check_features(owner: str, name: str, value: Any) -> int:
+    """``value`` as an int if it is a positive integer; else a ValueError naming ``owner``'s argument ``name``."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{owner} {name} must be a positive integer, got {value!r}")
+    return int(value)
+
+
+class Layer:
+    """The protocol every layer of a :class:`~fusednn.nn.Sequential` implements, and its base class.
+
+    A layer declares:
+
+    * its trainable parameters: :attr:`parameter_names` with :attr:`parameter_shapes`, drawn
+      by :meth:`initial_values`. The model binds each parameter ``P`` to the attribute ``P``
+      and its gradient to ``dP`` (views of the model's flat buffers, never to be rebound);
+    * its non-trainable buffers (running statistics, ...): :attr:`buffer_names` with
+      :attr:`buffer_shapes` and :meth:`initial_buffers`, bound to attributes of those names.
+      Buffers are saved in checkpoints and in :meth:`Sequential.state_dict`, but no optimizer
+      updates them;
+    * ``forward(x, training)`` and ``backward(dy, need_input_grad)``: forward keeps what
+      backward needs; ``training`` is the model's mode (:meth:`Sequential.train` /
+      :meth:`Sequential.eval`), which :func:`~fusednn.nn.fit`, :func:`~fusednn.nn.evaluate`
+      and :meth:`Sequential.predict` set; backward sets (does not accumulate) the gradients;
+    * its widths: ``in_features``/``out_features``, or ``None`` for a layer that keeps any
+      width (:meth:`output_features`);
+    * :meth:`get_config`, the constructor's arguments, and its type tag: the class name, or
+      ``tag`` in ``class MyLayer(nn.Layer, tag="my_layer")``. Subclassing registers it.
+
+    A layer of your own needs only public backend operations (``self.backend``):
+
+    >>> import numpy as np
+    >>> from fusednn import nn
+    >>> class Scale(nn.Layer):
+    ...     parameter_names = ("s",)
+    ...     def __init__(self, features):
+    ...         super().__init__()
+    ...         self.in_features = self.out_features = features
+    ...     @property
+    ...     def parameter_shapes(self):
+    ...         return [(self.out_features,)]
+    ...     def initial_values(self, rng):
+    ...         return [np.ones(self.out_features)]
+    ...     def forward(self, x, training=True):
+    ...         self._x = x
+    ...         return x * self.s
+    ...     def backward(self, dy, need_input_grad=True):
+    ...         self.ds[...] = (dy * self._x).sum(axis=0)
+    ...         return dy * self.s if need_input_grad else None
+    ...     def get_config(self):
+    ...         return {"features": self.out_features}
+    >>> model = nn.Sequential([nn.Dense(3, 2), Scale(2)], device="numpy", seed=0)
+    >>> model.get_config()["layers"][1]
+    {'type': 'Scale', 'config': {'features': 2}}
+    >>> model.predict(np.ones((4, 3))).shape
+    (4, 2)
+
+    :meth:`_forward_in_model` and :meth:`_backward_in_model` are the model's trusted entry
+    points: the model has checked its input once (a C-contiguous array of its backend and
+    dtype with the layer's input width) and calls backward only after a forward. They call
+    :meth:`forward`/:meth:`backward`; a built-in layer may override them to skip the
+    backend's per-call checks (:class:`Dense` does), which is most of a small layer's cost.
+    """
+
+    tag: ClassVar[str] = "Layer"
+    """This class's type tag in model configs."""
+    parameter_names: ClassVar[tuple[str, ...]] = ()
+    """Names of the trainable parameters, in buffer order."""
+    buffer_names: ClassVar[tuple[str, ...]] = ()
+    """Names of the non-trainable buffers."""
+    has_penalty: bool = False
+    """Whether the layer adds a term to the loss (:meth:`regularization_loss`)."""
+
+    def __init_subclass__(cls, tag: str | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        register_layer(cls, tag or cls.__name__)
+
+    def __init__(self) -> None:
+        self.in_features: int | None = None
+        self.out_features: int | None = None
+        self.backend: Backend | None = None
+        #: The layer's position in its model (keys dropout masks).
+        self.index = 0
+
+    @property
+    def parameter_shapes(self) -> list[tuple[int, ...]]:
+        """Shapes of the parameters, in the order of :attr:`parameter_names`."""
+        return []
+
+    @property
+    def buffer_shapes(self) -> list[tuple[int, ...]]:
+        """Shapes of the buffers, in the order of :attr:`buffer_names`."""
+        return []
+
+    def initial_values(self, rng: np.random.Generator) -> list[np.ndarray]:
+        """Fresh float64 host values of the parameters, drawn from ``rng``."""
+        return []
+
+    def initial_buffers(self) -> list[np.ndarray]:
+        """Initial float64 host values of the buffers."""
+        return []
+
+    def output_features(self, in_features: int) -> int:
+        """The output width for an input ``in_features`` wide.
+
+        Raises:
+            ValueError: the layer declares another input width.
+        """
+        if self.in_features is not None and in_features != self.in_features:
+            raise ValueError(f"expects {self.in_features} input features, got {in_features}")
+        return in_features if self.out_features is None else self.out_features
+
+    def bind(
+        self,
+        backend: Backend,
+        params: Sequence[Array],
+        grads: Sequence[Array],
+        buffers: Sequence[Array] = (),
+        index: int = 0,
+    ) -> None:
+        """Point the layer at its parameter, gradient and buffer views; drops anything kept by forward."""
+        self.backend = backend
+        self.index = index
+        for name, param, grad in zip(self.parameter_names, params, grads, strict=True):
+            setattr(self, name, param)
+            setattr(self, f"d{name}", grad)
+        for name, buffer in zip(self.buffer_names, buffers, strict=True):
+            setattr(self, name, buffer)
+        self._drop_cache()
+
+    def _drop_cache(self) -> None:
+        """Forget what forward kept (the model rebinds the layer on another device)."""
+
+    def _require_backend(self) -> Backend:
+        if self.backend is None:
+            raise RuntimeError(
+                f"This {type(self).__name__} layer has no parameters yet; put it in nn.Sequential([...]) first"
+            )
+        return self.backend
+
+    def forward(self, x: Array, training: bool = True) -> Array:
+        """The layer's output for ``x``; keeps what :meth:`backward` needs."""
+        raise NotImplementedError(f"{type(self).__name__} must implement forward(x, training)")
+
+    def backward(self, dy: Array, need_input_grad: bool = True) -> Array | None:
+        """Set the parameter gradients from ``dy``; return ``dL/dx`` when ``need_input_grad``."""
+        raise NotImplementedError(f"{type(self).__name__} must implement backward(dy, need_input_grad)")
+
+    def _forward_in_model(self, x: Array, training: bool, keep: bool) -> Array:
+        """:meth:`forward` on an input its model has checked; ``keep=False`` promises no backward follows."""
+        return self.forward(x, training)
+
+    def _backward_in_model(self, dy: Array, need_input_grad: bool) -> Array | None:
+        """:meth:`backward` after a forward of its model."""
+        return self.backward(dy, need_input_grad)
+
+    def regularization_loss(self) -> Array:
+        """The layer's penalty as a 0-d device array; the model calls it only when :attr:`has_penalty`."""
+        raise NotImplementedError(f"{type(self).__name__} has a penalty, so it must implement regularization_loss()")
+
+    def state(self) -> dict[str, int]:
+        """Host-side counters that checkpoints carry (e.g. the step that keys dropout masks); ``{}`` for most."""
+        return {}
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        """Restore :meth:`state`.
+
+        Raises:
+            ValueError: ``state`` holds keys this layer does not have.
+        """
+        if state:
+            raise ValueError(f"{type(self).__name__} keeps no state, got {sorted(state)}")
+
+    def get_config(self) -> dict[str, Any]:
+        """Constructor arguments as plain Python values; ``type(layer)(**cfg)`` rebuilds the layer."""
+        raise NotImplementedError(f"{type(self).__name__} must implement get_config()")
+
+
+def register_layer(cls: type[Layer], tag: str) -> None:
+    """Register ``cls`` under ``tag`` for :func:`layer_from_config` (subclassing :class:`Layer` does this).
+
+    Defining a class again under its tag (a re-run notebook cell, a subclass of the same name)
+    replaces the earlier one; fusednn's own tags belong to fusednn.
+
+    Raises:
+        TypeError: ``tag`` is not a non-empty string, or names one of fusednn's layers.
+    """
+    if not isinstance(tag, str) or not tag:
+        raise TypeError(f"A layer's tag must be a non-empty string, got {tag!r}")
+    taken = LAYERS.get(tag)
+    if taken is not None and taken.__module__.startswith("fusednn.") and not cls.__module__.startswith("fusednn."):
+        raise TypeError(
+            f"Layer tag {tag!r} belongs to {taken.__module__}.{taken.__qualname__}; "
+            f"pass another one: class {cls.__name__}(nn.Layer, tag='...')"
+        )
+    cls.tag = tag
+    LAYERS[tag] = cls
+
+
+def layer_config(layer: Layer) -> dict[str, Any]:
+    """The entry of ``layer`` in a model's config: ``{"type": its tag, "config": layer.get_config()}``."""
+    return {"type": type(layer).tag, "config": layer.get_config()}
+
+
+def layer_from_config(entry: dict[str, Any]) -> Layer:
+    """Rebuild a layer from :func:`layer_config` output; an entry without ``"type"`` (checkpoints before
+    layer types) is a :class:`Dense`'s constructor arguments.
+
+    >>> from fusednn import nn
+    >>> nn.layer_from_config({"type": "Dropout", "config": {"rate": 0.5, "seed": 0}})
+    Dropout(rate=0.5, seed=0)
+
+    Raises:
+        ValueError: the type is not registered (the message lists those that are).
+        TypeError: ``entry`` is not a dict, or its config does not fit the constructor.
+    """
+    if not isinstance(entry, dict):
+        raise TypeError(f"A layer's config must be a dict, got {type(entry).__name__}")
+    if "type" not in entry:
+        return Dense(**entry)
+    tag = entry["type"]
+    cls = LAYERS.get(tag) if isinstance(tag, str) else None
+    if cls is None:
+        raise ValueError(f"Unknown layer type {tag!r}; registered: {', '.join(sorted(LAYERS))}")
+    return cls(**entry.get("config", {}))
+
+
+class Dense(Layer):
     """Fully connected layer ``y = act(x @ W + b)`` with optional L1/L2 weight penalties.
 
     Args:
@@ -51,6 +285,8 @@ class Dense:
             or a penalty is negative.
     """
 
+    parameter_names = ("W", "b")
+
     def __init__(
         self,
         in_features: int,
@@ -60,18 +296,15 @@ class Dense:
         l2: float = 0.0,
         init: str = "auto",
     ) -> None:
-        for name, value in (("in_features", in_features), ("out_features", out_features)):
-            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-                raise ValueError(f"Dense {name} must be a positive integer, got {value!r}")
-        self.in_features = int(in_features)
-        self.out_features = int(out_features)
+        super().__init__()
+        self.in_features: int = check_features("Dense", "in_features", in_features)
+        self.out_features: int = check_features("Dense", "out_features", out_features)
         self.activation = "identity" if activation is None else activation
         check_activation(self.activation)
         self.l1 = _check_penalty("l1", l1)
         self.l2 = _check_penalty("l2", l2)
         self.init = init
         self._init_name = resolve_init(init, self.activation)
-        self.backend: Backend | None = None
         self.W: Array = None
         self.b: Array = None
         self.dW: Array = None
@@ -88,15 +321,11 @@ class Dense:
         return [(self.in_features, self.out_features), (self.out_features,)]
 
     @property
-    def has_penalty(self) -> bool:
+    def has_penalty(self) -> bool:  # type: ignore[override]  # a property over the base's class attribute
         """Whether the layer adds an L1/L2 term to the loss."""
         return bool(self.l1 or self.l2)
 
-    def bind(self, backend: Backend, params: list[Array], grads: list[Array]) -> None:
-        """Point the layer at its parameter and gradient views (``[W, b]`` each); drops the forward cache."""
-        self.backend = backend
-        self.W, self.b = params
-        self.dW, self.db = grads
+    def _drop_cache(self) -> None:
         self._cache = None
 
     def initial_values(self, rng: np.random.Generator) -> list[np.ndarray]:
@@ -104,22 +333,16 @@ class Dense:
         W = initial_weights(self._init_name, self.in_features, self.out_features, rng)
         return [W, np.zeros(self.out_features)]
 
-    def _require_backend(self) -> Backend:
-        if self.backend is None:
-            raise RuntimeError("This Dense layer has no parameters yet; put it in nn.Sequential([...]) first")
-        return self.backend
-
-    def forward(self, x: Array, keep: bool = True) -> Array:
-        """``y = act(x @ W + b)``; with ``keep`` the layer remembers ``(x, z, y)`` for :meth:`backward`."""
+    def forward(self, x: Array, training: bool = True) -> Array:
+        """``y = act(x @ W + b)``, in either mode; remembers ``(x, z, y)`` for :meth:`backward`."""
         y, z = self._require_backend().dense_forward(x, self.W, self.b, self.activation)
-        if keep:
-            self._cache = (x, z, y)
+        self._cache = (x, z, y)
         return y
 
     def backward(self, dy: Array, need_input_grad: bool = True) -> Array | None:
         """Write ``dW``, ``db`` (penalty gradient included) in place; return ``dL/dx`` when asked.
 
-        Uses the inputs of the most recent ``forward(..., keep=True)``.
+        Uses the inputs of the most recent :meth:`forward`.
 
         Raises:
             RuntimeError: no forward pass has been kept since the layer was (re)bound.
@@ -139,7 +362,7 @@ class Dense:
     # are views of the model's own buffers and the activation was checked in ``__init__``: all the
     # backend's dense checks would verify, so the layers skip them (most of a small layer's cost).
 
-    def _forward_in_model(self, x: Array, keep: bool) -> Array:
+    def _forward_in_model(self, x: Array, training: bool, keep: bool) -> Array:
         """:meth:`forward` on an input its model has checked."""
         assert self.backend is not None  # the model bound the layer when it was built
         y, z = self.backend._dense_forward_unchecked(x, self.W, self.b, self.activation)
@@ -149,7 +372,7 @@ class Dense:
 
     def _backward_in_model(self, dy: Array, need_input_grad: bool) -> Array | None:
         """:meth:`backward` on a gradient its model has checked, after a forward pass that kept its inputs."""
-        # The model bound the layer and checked that every layer kept a forward pass.
+        # The model bound the layer and checked that a forward pass was kept.
         assert self.backend is not None and self._cache is not None
         x, z, y = self._cache
         backend = self.backend

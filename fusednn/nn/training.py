@@ -143,13 +143,6 @@ def _epoch_logs(
     return logs
 
 
-def _forward(model: Any, x: Array) -> Array:
-    """Forward pass that keeps nothing for backward (evaluation)."""
-    for layer in model.layers:
-        x = layer.forward(x, keep=False)
-    return x
-
-
 def _has_penalty(model: Any) -> bool:
     return any(layer.has_penalty for layer in model.layers)
 
@@ -170,7 +163,7 @@ def _evaluate_on_device(
     outputs = backend.empty((data.n, model.out_features), model.dtype) if metric_list else None
     for i in range(steps):
         a, b = i * batch_size, min(data.n, (i + 1) * batch_size)
-        out = _forward(model, data.x[a:b])
+        out = model._run(data.x[a:b], False, False)  # evaluation mode; _Data checked the input
         step_losses[i] = loss(out, data.y[a:b], check_target=False)[0]
         if outputs is not None:
             outputs[a:b] = out
@@ -193,7 +186,7 @@ def evaluate(
     metrics: Sequence[str] | None = None,
     batch_size: int = 4096,
 ) -> dict[str, float]:
-    """The mean loss (plus any L1/L2 penalty) and ``metrics`` of ``model`` on ``(x, y)``.
+    """The mean loss (plus any L1/L2 penalty) and ``metrics`` of ``model`` on ``(x, y)``, in evaluation mode.
 
     Returns ``{"loss": ..., "<metric>": ...}`` as Python floats. The data is checked
     on the host once (real, finite, targets the loss is defined for; errors name
@@ -286,7 +279,7 @@ class _Loop:
                 group_rows = min(data.n, a + self.accumulate * batch) - a
                 if rates is not None and self.schedule_per_step:
                     self.optimizer.lr = rates[i // self.accumulate]
-            out = model.forward(xb)
+            out = model._run(xb, True, True)  # training mode; _Data checked the input once
             value, dout = self.loss(out, yb, check_target=False)  # _Data checked every target once
             if penalty:
                 value = value + model.regularization_loss()
@@ -433,7 +426,8 @@ def fit(
     """Train ``model`` on ``(x, y)`` for ``epochs`` more epochs with mini-batch gradient descent.
 
     Args:
-        model: a :class:`~fusednn.nn.Sequential` (or :class:`~fusednn.nn.MLP`).
+        model: a :class:`~fusednn.nn.Sequential` (or :class:`~fusednn.nn.MLP`). Its layers train in
+            training mode and validate in evaluation mode, whatever ``model.training`` says (fit leaves it as it was).
         x, y: host arrays; ``x (N, in_features)``, ``y`` class labels ``(N,)``, one-hot/probability
             rows ``(N, C)`` or regression targets, as the loss expects.
         loss: a loss name (``"categorical_crossentropy"``, ``"binary_crossentropy"``, ``"mse"``, ``"mae"``)
@@ -476,7 +470,8 @@ def fit(
         compiled call of the backend (the ``"cpu"`` backend, for :class:`~fusednn.nn.Dense` stacks
         with the built-in losses and optimizers), ``"cuda-graph"``, each step one replayed CUDA
         graph (the ``"cuda"`` backend, for such stacks), ``"per-step"``, each step driven from
-        Python (the ``"numpy"`` backend, any layer, loss or optimizer subclass of your own, and a
+        Python (the ``"numpy"`` backend, :class:`~fusednn.nn.Dropout` and :class:`~fusednn.nn.BatchNorm`,
+        any layer, loss or optimizer subclass of your own, and a
         CUDA graph that failed to capture, with a ``RuntimeWarning``), or ``"per-step, then
         compiled"`` while the compiled form was still compiling; ``history.params["compiled_epochs"]``
         counts the epochs the backend's trainer ran. All give the same numbers, to rounding.

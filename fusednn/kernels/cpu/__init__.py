@@ -16,5 +16,6 @@ kernel compiles on its first call and is cached on disk.
    kernels: after editing any of those, delete its entries too.
 
 Modules: :mod:`.common` (dtype-preserving constants, chunk bounds), :mod:`.activations`,
-:mod:`.dense`, :mod:`.losses`, :mod:`.optim`, and :mod:`.epoch` (a whole training epoch in one call).
+:mod:`.dense`, :mod:`.losses`, :mod:`.optim`, :mod:`.layers` (dropout's Philox masks, batch norm),
+and :mod:`.epoch` (a whole training epoch in one call).
 """

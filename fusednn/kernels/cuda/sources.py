@@ -19,12 +19,13 @@ from pathlib import Path
 import numpy as np
 
 from .. import activation_codes as codes
+from .. import philox_constants as philox
 from .step_codes import step_defines
 
 SOURCE_DIR = Path(__file__).resolve().parent
 """Folder holding the ``.cu`` files."""
 
-SOURCE_FILES: tuple[str, ...] = ("activations.cu", "losses.cu", "optimizers.cu", "training_step.cu")
+SOURCE_FILES: tuple[str, ...] = ("activations.cu", "losses.cu", "optimizers.cu", "training_step.cu", "layers.cu")
 """Every CUDA C source; each is compiled into one ``cupy.RawModule``."""
 
 C_TYPES: dict[np.dtype, str] = {
@@ -52,6 +53,9 @@ def compile_defines() -> tuple[str, ...]:
     }
     # repr() round-trips a float exactly; every value is written as a double literal.
     defines += [f"-DFUSEDNN_{name}={float(value)!r}" for name, value in constants.items()]
+    words = {"M0": philox.PHILOX_M0, "M1": philox.PHILOX_M1, "W0": philox.PHILOX_W0, "W1": philox.PHILOX_W1}
+    defines += [f"-DFUSEDNN_PHILOX_{name}={value:#x}u" for name, value in words.items()]
+    defines.append(f"-DFUSEDNN_PHILOX_ROUNDS={philox.PHILOX_ROUNDS}")
     return (*defines, *step_defines())
 
 
@@ -158,6 +162,9 @@ _ADAM = KernelSpec(
         ("int", "amsgrad"),
     ),
 )
+
+_LAYERS = "layers.cu"
+_BATCHNORM_SHAPE = (("long long", "rows"), ("long long", "cols"))
 
 # The training-step kernels' recurring parameters.
 _BATCH_ROWS = (("long long", "batch"), ("long long", "rows"))
@@ -358,6 +365,58 @@ KERNELS: dict[str, KernelSpec] = {
                 ("double", "beta1"),
                 ("double", "beta2"),
                 ("int", "adam"),
+            ),
+        ),
+        KernelSpec("philox_block", _LAYERS, (("const long long*", "words"), ("long long*", "out"))),
+        KernelSpec(
+            "dropout_apply",
+            _LAYERS,
+            (
+                ("const T*", "x"),
+                ("T*", "y"),
+                ("long long", "n"),
+                ("long long", "threshold"),
+                ("T", "scale"),
+                ("long long", "seed_lo"),
+                ("long long", "seed_hi"),
+                ("long long", "step_lo"),
+                ("long long", "step_hi"),
+                ("long long", "layer"),
+            ),
+        ),
+        KernelSpec(
+            "batchnorm_forward",
+            _LAYERS,
+            (
+                ("const T*", "x"),
+                ("const T*", "gamma"),
+                ("const T*", "beta"),
+                ("T*", "running_mean"),
+                ("T*", "running_var"),
+                ("T*", "y"),
+                ("T*", "mean"),
+                ("T*", "inv_std"),
+                *_BATCHNORM_SHAPE,
+                ("T", "momentum"),
+                ("T", "eps"),
+                ("int", "training"),
+            ),
+        ),
+        KernelSpec(
+            "batchnorm_backward",
+            _LAYERS,
+            (
+                ("const T*", "x"),
+                ("const T*", "dy"),
+                ("const T*", "gamma"),
+                ("const T*", "mean"),
+                ("const T*", "inv_std"),
+                ("T*", "dx"),
+                ("T*", "dgamma"),
+                ("T*", "dbeta"),
+                *_BATCHNORM_SHAPE,
+                ("int", "training"),
+                ("int", "need_dx"),
             ),
         ),
     )
