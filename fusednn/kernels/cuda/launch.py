@@ -213,8 +213,15 @@ class KernelLauncher:
     ``device_id`` is what arrays are checked against. ``get_function`` and
     ``ndarray_type`` default to CuPy's and exist so tests can run without a GPU.
 
+    ``h = relu(z)`` on GPU 0; it needs a GPU, so the doctests skip it (``+SKIP``):
+
+    >>> import cupy  # doctest: +SKIP
+    >>> z = cupy.linspace(-1, 1, 5, dtype=cupy.float32)  # doctest: +SKIP
+    >>> h = cupy.empty_like(z)  # doctest: +SKIP
     >>> launch = KernelLauncher(device_id=0)  # doctest: +SKIP
-    >>> launch("activation_forward", z.dtype, z.size, z, h, z.size, 3)  # doctest: +SKIP
+    >>> launch("activation_forward", z.dtype, z.size, z, h, z.size, 3)  # 3: relu  # doctest: +SKIP
+    >>> h.tolist()  # doctest: +SKIP
+    [0.0, 0.0, 0.0, 0.5, 1.0]
     """
 
     def __init__(
