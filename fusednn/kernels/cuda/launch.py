@@ -21,8 +21,10 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import check_code
 from .sources import (
     C_TYPES,
+    CODE_PARAMETERS,
     COMPILE_OPTIONS,
     KERNELS,
     KernelSpec,
@@ -134,13 +136,15 @@ def prepare_args(
     Arrays must be instances of ``ndarray_type`` (``cupy.ndarray``), C-contiguous,
     of the parameter's dtype and on device ``device_id``. Scalars are cast to
     ``np.int64`` (``long long``), ``np.int32`` (``int``), ``np.float64`` (``double``)
-    or ``dtype.type`` (``T``).
+    or ``dtype.type`` (``T``). A code (:data:`.sources.CODE_PARAMETERS`) must be one
+    the kernel defines: checked here, on the host, so the GPU never computes with an
+    unknown one and nothing waits for it to say so.
 
     Raises:
         TypeError: wrong argument count, an array of the wrong type or dtype, a
             non-integer size.
         ValueError: a non-contiguous array, one on another device, an ``int`` out of
-            range.
+            range; :class:`~fusednn.kernels.errors.UnknownCodeError` for an unknown code.
     """
     if len(args) != len(spec.params):
         raise TypeError(f"{spec.name} takes {len(spec.params)} arguments, got {len(args)}")
@@ -157,6 +161,8 @@ def prepare_args(
             number = _as_integer(value, where)
             if not _INT32_RANGE[0] <= number <= _INT32_RANGE[1]:
                 raise ValueError(f"{where} must fit a 32-bit int, got {number}")
+            if name in CODE_PARAMETERS:
+                check_code(number, *CODE_PARAMETERS[name])
             prepared.append(np.int32(number))
         elif ctype in ("T", "double"):
             if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
