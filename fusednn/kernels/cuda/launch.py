@@ -49,6 +49,9 @@ MAX_REDUCTION_CHUNKS = 1024
 
 _INT32_RANGE = (-(2**31), 2**31 - 1)
 
+# The codes each code parameter accepts; a range's `in` is the cheapest test (this runs every launch).
+_CODE_RANGES = {name: range(len(names)) for name, (_, names, _) in CODE_PARAMETERS.items()}
+
 # Pointer element types that do not follow the kernel's float type T.
 _FIXED_POINTER_TYPES = {"long long": np.dtype(np.int64), "double": np.dtype(np.float64)}
 
@@ -161,8 +164,9 @@ def prepare_args(
             number = _as_integer(value, where)
             if not _INT32_RANGE[0] <= number <= _INT32_RANGE[1]:
                 raise ValueError(f"{where} must fit a 32-bit int, got {number}")
-            if name in CODE_PARAMETERS:
-                check_code(number, *CODE_PARAMETERS[name])
+            codes = _CODE_RANGES.get(name)
+            if codes is not None and number not in codes:
+                check_code(number, *CODE_PARAMETERS[name])  # raises UnknownCodeError
             prepared.append(np.int32(number))
         elif ctype in ("T", "double"):
             if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
