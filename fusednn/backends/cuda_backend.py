@@ -18,9 +18,14 @@ each step a replayed CUDA graph (:mod:`.cuda_graphs`), captured once per kind of
 Importing this module never imports CuPy; creating a backend does, and raises a
 clear ``RuntimeError`` (from :mod:`.cuda_runtime`) when CuPy or the GPU is missing.
 
->>> import fusednn  # doctest: +SKIP
+The example needs a GPU, so the doctests skip it (``+SKIP``) where the suite runs without one:
+
+>>> import numpy as np, fusednn
 >>> be = fusednn.backend("cuda:0")  # doctest: +SKIP
->>> set_matmul_precision("tf32")  # doctest: +SKIP
+>>> x, W = be.asarray(np.ones((4, 3)), dtype="float32"), be.asarray(np.ones((3, 2)), dtype="float32")  # doctest: +SKIP
+>>> y, z = be.dense_forward(x, W, be.zeros(2), "relu")  # doctest: +SKIP
+>>> be.to_numpy(y).tolist()  # doctest: +SKIP
+[[3.0, 3.0], [3.0, 3.0], [3.0, 3.0], [3.0, 3.0]]
 """
 
 from __future__ import annotations

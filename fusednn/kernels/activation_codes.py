@@ -22,6 +22,9 @@ ACTIVATIONS: tuple[str, ...] = (
 ACTIVATION_CODES: dict[str, int] = {name: code for code, name in enumerate(ACTIVATIONS)}
 """Name to integer code, the inverse of :data:`ACTIVATIONS`."""
 
+ACTIVATIONS_TABLE = f"{__name__}.ACTIVATIONS"
+"""Where the codes are defined, as :class:`~fusednn.kernels.errors.UnknownCodeError` names it."""
+
 LEAKY_RELU_SLOPE = 0.01
 """Negative slope of ``leaky_relu`` (PyTorch's default)."""
 

@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cmath>
+#include <cstdlib>
 
 #define __global__
 #define __device__
@@ -31,6 +32,9 @@ using std::nan;
 using std::pow;
 using std::sqrt;
 using std::tanh;
+
+// A trap ends the launch on a GPU (the kernel fails); here it ends the process.
+[[noreturn]] inline void __trap() { std::abort(); }
 
 template <typename... Params, typename... Args>
 inline void shim_launch(int grid, int block, void (*kernel)(Params...), Args... args) {

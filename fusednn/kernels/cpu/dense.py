@@ -9,7 +9,8 @@ Arrays are 2-D C-contiguous ``(N, M)``; ``b``/``db`` are ``(M,)``. Parallel
 drivers split the rows into ``n_chunks`` blocks (no BLAS inside ``prange``).
 :func:`bias_activation` and :func:`activation_grad_bias` take the activation code at run
 time (the epoch kernel's layers each have their own); :func:`for_activation` gives the
-per-step backend the same kernels compiled for one code.
+per-step backend the same kernels compiled for one code. An unknown code raises
+:class:`~fusednn.kernels.errors.UnknownCodeError` before anything is written.
 """
 
 from __future__ import annotations
@@ -21,7 +22,9 @@ import numba
 import numpy as np
 from numba import njit
 
-from .activations import IDENTITY, LEAKY_RELU, RELU, activate, derivative
+from ..activation_codes import ACTIVATIONS, ACTIVATIONS_TABLE
+from ..errors import check_code
+from .activations import IDENTITY, LEAKY_RELU, RELU, activate, check_activation, derivative
 from .common import JitOptions, chunk_bounds
 
 _JIT: JitOptions = {"cache": True, "error_model": "numpy"}
@@ -76,6 +79,7 @@ def _grad_bias_body(code: int, dy: np.ndarray, z: np.ndarray, y: np.ndarray, dz:
 @njit(**_JIT)
 def bias_activation(code: int, z: np.ndarray, b: np.ndarray, y: np.ndarray) -> None:
     """In place ``z += b`` then ``y = act(z)``; ``y`` may be ``z`` itself (identity). Serial, any activation code."""
+    check_activation(code)
     _bias_activation_body(code, z, b, y)
 
 
@@ -89,6 +93,7 @@ def activation_grad_bias(
     db: np.ndarray,
 ) -> None:
     """``dz = dy * act'(z, y)`` and ``db = dz.sum(axis=0)`` (``db`` overwritten) in one serial pass, any code."""
+    check_activation(code)
     _grad_bias_body(code, dy, z, y, dz, db)
 
 
@@ -114,7 +119,11 @@ def for_activation(code: int) -> Epilogue:
     loops of every activation. Cold, that halved the first training step's compile (digits, ReLU:
     2.3 s for the two kernels' every-code forms). Numba caches each code's kernels apart (the code
     is a closure variable, part of the cache key).
+
+    Raises:
+        UnknownCodeError: ``code`` is not an activation code (checked here, before anything compiles).
     """
+    check_code(code, "activation", ACTIVATIONS, ACTIVATIONS_TABLE)
 
     @njit(**_JIT)
     def bias_activation_of(z: np.ndarray, b: np.ndarray, y: np.ndarray) -> None:

@@ -27,6 +27,7 @@ import math
 import numpy as np
 from numba import njit
 
+from ..errors import UnknownCodeError
 from .common import JitOptions, like
 from .dense import activation_grad_bias, bias_activation
 from .losses import label_row, probability_row
@@ -46,8 +47,11 @@ L1, L2, TWO_L2 = range(3)
 MSE, MAE, BINARY_CROSSENTROPY, CATEGORICAL_CROSSENTROPY = range(4)
 LOSS_CODES = {"mse": MSE, "mae": MAE, "binary_crossentropy": BINARY_CROSSENTROPY}
 """Loss codes by loss name (categorical cross-entropy is :data:`CATEGORICAL_CROSSENTROPY`)."""
+_LOSS_COUNT = CATEGORICAL_CROSSENTROPY + 1
 
 SGD, RMSPROP, ADAM = range(3)
+_OPTIMIZER_COUNT = ADAM + 1
+_TABLE = f"the codes of {__name__}"
 
 
 @njit(**_JIT)
@@ -240,6 +244,8 @@ def train_epoch(
             or target rows ``(N, out)``; the unused one is empty.
         layers: int64 ``(L, 9)``, columns :data:`LAYER_COLUMNS`; ``penalties``: ``(L, 3)`` (l1, l2, 2 l2).
         loss_code: a :data:`LOSS_CODES` value or :data:`CATEGORICAL_CROSSENTROPY`.
+            An unknown loss, optimizer or activation code raises
+            :class:`~fusednn.kernels.errors.UnknownCodeError` before the first update.
         accumulate: micro-batches per update, each gradient weighted by its share of the
             group's rows into ``accumulated`` (empty when ``accumulate == 1``).
         optimizer_code, flag, hyper, state0..2: SGD (momentum, 1 - dampening, weight_decay;
@@ -253,6 +259,12 @@ def train_epoch(
             step's loss (penalties included); ``outputs``: ``(N, out)`` receives the outputs in
             visiting order, or is empty.
     """
+    # The branches on these codes would fall through to binary cross-entropy and Adam; refuse
+    # before anything is written. Activation codes are refused by the dense kernels' own checks.
+    if loss_code < 0 or loss_code >= _LOSS_COUNT:
+        raise UnknownCodeError("loss", loss_code, _LOSS_COUNT, _TABLE)
+    if optimizer_code < 0 or optimizer_code >= _OPTIMIZER_COUNT:
+        raise UnknownCodeError("optimizer", optimizer_code, _OPTIMIZER_COUNT, _TABLE)
     n = x.shape[0]
     steps = (n + batch - 1) // batch
     last = layers.shape[0] - 1

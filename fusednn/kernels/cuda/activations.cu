@@ -8,6 +8,12 @@
 // Every kernel is a grid-stride loop without shared memory or __syncthreads,
 // so any launch configuration covers any size and the per-thread logic also
 // runs serially under the CPU shim in tests/cuda_shim/.
+//
+// Unknown codes: the launcher (fusednn/kernels/cuda/launch.py, prepare_args) refuses
+// an activation code outside the table before a launch, on the host, where the code
+// is a plain int: no flag to read back, no synchronisation. So the switches below
+// never see one; should anything launch them another way, they trap (the launch
+// fails) rather than compute the identity.
 
 #if !defined(FUSEDNN_ACT_SOFTPLUS) || !defined(FUSEDNN_SELU_SCALE)
 #error "compile with the -D defines of fusednn.kernels.cuda.sources.COMPILE_OPTIONS"
@@ -33,7 +39,8 @@ __device__ __forceinline__ T activation_value(int act, T z) {
         case FUSEDNN_ACT_GELU: return T(0.5) * z * (T(1) + erf(z * T(FUSEDNN_SQRT_HALF)));
         case FUSEDNN_ACT_SILU: return z * sigmoid_stable(z);
         case FUSEDNN_ACT_SOFTPLUS: return z > T(FUSEDNN_SOFTPLUS_THRESHOLD) ? z : log1p(exp(z));
-        default: return z;  // identity
+        case FUSEDNN_ACT_IDENTITY: return z;
+        default: __trap(); return z;  // see "Unknown codes" above
     }
 }
 
@@ -56,7 +63,8 @@ __device__ __forceinline__ T activation_derivative(int act, T z, T h) {
             return s * (T(1) + z * (T(1) - s));
         }
         case FUSEDNN_ACT_SOFTPLUS: return z > T(FUSEDNN_SOFTPLUS_THRESHOLD) ? T(1) : sigmoid_stable(z);
-        default: return T(1);  // identity
+        case FUSEDNN_ACT_IDENTITY: return T(1);
+        default: __trap(); return T(1);  // see "Unknown codes" above
     }
 }
 

@@ -21,8 +21,10 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import check_code
 from .sources import (
     C_TYPES,
+    CODE_PARAMETERS,
     COMPILE_OPTIONS,
     KERNELS,
     KernelSpec,
@@ -46,6 +48,9 @@ MAX_REDUCTION_CHUNKS = 1024
 """Most partial sums a two-pass reduction (``chunk_sums`` then one thread) uses."""
 
 _INT32_RANGE = (-(2**31), 2**31 - 1)
+
+# The codes each code parameter accepts; a range's `in` is the cheapest test (this runs every launch).
+_CODE_RANGES = {name: range(len(names)) for name, (_, names, _) in CODE_PARAMETERS.items()}
 
 # Pointer element types that do not follow the kernel's float type T.
 _FIXED_POINTER_TYPES = {"long long": np.dtype(np.int64), "double": np.dtype(np.float64)}
@@ -134,13 +139,15 @@ def prepare_args(
     Arrays must be instances of ``ndarray_type`` (``cupy.ndarray``), C-contiguous,
     of the parameter's dtype and on device ``device_id``. Scalars are cast to
     ``np.int64`` (``long long``), ``np.int32`` (``int``), ``np.float64`` (``double``)
-    or ``dtype.type`` (``T``).
+    or ``dtype.type`` (``T``). A code (:data:`.sources.CODE_PARAMETERS`) must be one
+    the kernel defines: checked here, on the host, so the GPU never computes with an
+    unknown one and nothing waits for it to say so.
 
     Raises:
         TypeError: wrong argument count, an array of the wrong type or dtype, a
             non-integer size.
         ValueError: a non-contiguous array, one on another device, an ``int`` out of
-            range.
+            range; :class:`~fusednn.kernels.errors.UnknownCodeError` for an unknown code.
     """
     if len(args) != len(spec.params):
         raise TypeError(f"{spec.name} takes {len(spec.params)} arguments, got {len(args)}")
@@ -157,6 +164,9 @@ def prepare_args(
             number = _as_integer(value, where)
             if not _INT32_RANGE[0] <= number <= _INT32_RANGE[1]:
                 raise ValueError(f"{where} must fit a 32-bit int, got {number}")
+            codes = _CODE_RANGES.get(name)
+            if codes is not None and number not in codes:
+                check_code(number, *CODE_PARAMETERS[name])  # raises UnknownCodeError
             prepared.append(np.int32(number))
         elif ctype in ("T", "double"):
             if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
@@ -213,8 +223,15 @@ class KernelLauncher:
     ``device_id`` is what arrays are checked against. ``get_function`` and
     ``ndarray_type`` default to CuPy's and exist so tests can run without a GPU.
 
+    ``h = relu(z)`` on GPU 0; it needs a GPU, so the doctests skip it (``+SKIP``):
+
+    >>> import cupy  # doctest: +SKIP
+    >>> z = cupy.linspace(-1, 1, 5, dtype=cupy.float32)  # doctest: +SKIP
+    >>> h = cupy.empty_like(z)  # doctest: +SKIP
     >>> launch = KernelLauncher(device_id=0)  # doctest: +SKIP
-    >>> launch("activation_forward", z.dtype, z.size, z, h, z.size, 3)  # doctest: +SKIP
+    >>> launch("activation_forward", z.dtype, z.size, z, h, z.size, 3)  # 3: relu  # doctest: +SKIP
+    >>> h.tolist()  # doctest: +SKIP
+    [0.0, 0.0, 0.0, 0.5, 1.0]
     """
 
     def __init__(

@@ -20,7 +20,7 @@ import numpy as np
 
 from .. import activation_codes as codes
 from .. import philox_constants as philox
-from .step_codes import step_defines
+from .step_codes import ELEMENTWISE_LOSSES, step_defines
 
 SOURCE_DIR = Path(__file__).resolve().parent
 """Folder holding the ``.cu`` files."""
@@ -61,6 +61,16 @@ def compile_defines() -> tuple[str, ...]:
 
 COMPILE_OPTIONS: tuple[str, ...] = ("-std=c++17", *compile_defines())
 """Options for every compiler of the sources (CuPy adds ``-arch`` and ``-ftz=true``)."""
+
+CODE_PARAMETERS: dict[str, tuple[str, tuple[str, ...], str]] = {
+    "act": ("activation", codes.ACTIVATIONS, codes.ACTIVATIONS_TABLE),
+    "loss": ("loss", ELEMENTWISE_LOSSES, "fusednn.kernels.cuda.step_codes.ELEMENTWISE_LOSSES"),
+}
+"""Kernel parameters (by name, all ``int``) that take a code: ``name -> (kind, names, table)``.
+
+The launcher refuses any value outside ``range(len(names))``; the kernels' switches
+trap on one should it reach them another way.
+"""
 
 
 @dataclass(frozen=True)

@@ -80,7 +80,7 @@ __device__ __forceinline__ T sign_of(T v) {
     return v > T(0) ? T(1) : (v < T(0) ? T(-1) : v - v);  // 0 for zero, NaN for NaN, like np.sign
 }
 
-// MSE, MAE or binary cross-entropy on logits (code FUSEDNN_LOSS_*), one thread per row:
+// MSE, MAE or binary cross-entropy on logits (code FUSEDNN_LOSS_*, any other traps), one thread per row:
 // row_loss[r] = the row's sum of elementwise losses (the caller scales the total by 1 / size),
 // grad = the loss's gradient with grad_scale = 2 / size (MSE) or 1 / size. The formulas of the
 // reference backend (mean_squared_error, mean_absolute_error, binary_cross_entropy_with_logits).
@@ -101,12 +101,14 @@ __global__ void elementwise_loss(const T* out, const T* target, T* grad, T* row_
                 const T d = o - t;
                 total += fabs(d);
                 grad[c] = sign_of(d) * grad_scale;
-            } else {
+            } else if (loss == FUSEDNN_LOSS_BINARY_CROSSENTROPY) {
                 // max(o, 0) - o t + log(1 + exp(-|o|)); gradient sigmoid(o) - t.
                 const T e = exp(-fabs(o));
                 total += (o > T(0) ? o : T(0)) - o * t + log1p(e);
                 const T s = o >= T(0) ? T(1) / (T(1) + e) : e / (T(1) + e);
                 grad[c] = (s - t) * grad_scale;
+            } else {
+                __trap();  // the launcher refuses unknown loss codes; never reached through it
             }
         }
         row_loss[r] = total;
