@@ -26,7 +26,7 @@ from .losses import (
     get_loss,
 )
 from .model import MLP, Sequential
-from .optim import OPTIMIZERS, SGD, Adam, Optimizer, RMSprop, get_optimizer, optimizer_from_config
+from .optim import LAMB, LARS, OPTIMIZERS, SGD, Adam, AdamW, Optimizer, RMSprop, get_optimizer, optimizer_from_config
 from .parameters import ALIGNMENT, Parameters
 from .training import EPOCH_PATHS, evaluate, fit
 
@@ -34,11 +34,14 @@ __all__ = [
     "ALIGNMENT",
     "EPOCH_PATHS",
     "INITIALIZERS",
+    "LAMB",
+    "LARS",
     "LOSSES",
     "MLP",
     "OPTIMIZERS",
     "SGD",
     "Adam",
+    "AdamW",
     "BinaryCrossentropy",
     "CategoricalCrossentropy",
     "Checkpoint",
