@@ -9,6 +9,8 @@ import torch
 import fusednn
 from fusednn import nn
 
+from timm_optim import Lamb, Lars
+
 # After 25 steps float32 rounding has compounded; float64 stays at rounding level.
 STEP_TOL = {"float64": {"rtol": 1e-9, "atol": 1e-11}, "float32": {"rtol": 1e-4, "atol": 2e-5}}
 
@@ -32,7 +34,35 @@ CASES = {
         {"lr": 0.01, "betas": (0.8, 0.99), "eps": 1e-7, "weight_decay": 0.05, "amsgrad": True},
     ),
     "adam_plain": (nn.Adam, torch.optim.Adam, {"lr": 0.01}),
+    "adamw_amsgrad": (
+        nn.AdamW,
+        torch.optim.AdamW,
+        {"lr": 0.01, "betas": (0.8, 0.99), "eps": 1e-7, "weight_decay": 0.05, "amsgrad": True},
+    ),
+    "adamw_plain": (nn.AdamW, torch.optim.AdamW, {"lr": 0.01}),
+    # timm's defaults differ from the papers' (see nn.LAMB / nn.LARS): the cases set them to the papers'.
+    "lamb_wd": (nn.LAMB, Lamb, {"lr": 0.02, "betas": (0.8, 0.99), "eps": 1e-6, "weight_decay": 0.05}),
+    "lamb_no_decay": (nn.LAMB, Lamb, {"lr": 0.01, "weight_decay": 0.0}),
+    "lars_nesterov_wd": (
+        nn.LARS,
+        Lars,
+        {"lr": 0.5, "momentum": 0.9, "nesterov": True, "weight_decay": 1e-3, "trust_coefficient": 0.02},
+    ),
+    "lars_dampening": (nn.LARS, Lars, {"lr": 2.0, "momentum": 0.5, "dampening": 0.2, "eps": 1e-6}),
+    "lars_plain": (nn.LARS, Lars, {"lr": 1.0}),
 }
+
+# The timm arguments that make its LAMB and LARS the papers' (and ours); our name -> timm's.
+TIMM_SETTINGS = {Lamb: {"max_grad_norm": None, "always_adapt": True}, Lars: {"always_adapt": True}}
+TIMM_NAMES = {"trust_coefficient": "trust_coeff"}
+
+
+def torch_optimizer(torch_cls, params, hyper):
+    """The PyTorch (or timm) optimizer of a case; a timm one skips the test when timm is not installed."""
+    if torch_cls is None:
+        pytest.skip("timm is not installed (pip install timm torchvision==0.28.0)")
+    extra = TIMM_SETTINGS.get(torch_cls, {})
+    return torch_cls(params, **{TIMM_NAMES.get(k, k): v for k, v in hyper.items()}, **extra)
 
 
 def make_problem(device: str, dtype: str, seed: int = 0):
@@ -62,7 +92,7 @@ def test_optimizer_tracks_torch_for_25_steps(device: str, dtype: str, case: str)
         for i, layer in enumerate(layers):
             layer.weight.copy_(torch.from_numpy(w[2 * i].T.astype(np.float64)))
             layer.bias.copy_(torch.from_numpy(w[2 * i + 1].astype(np.float64)))
-    torch_opt = torch_cls([p for layer in layers for p in layer.parameters()], **hyper)
+    torch_opt = torch_optimizer(torch_cls, [p for layer in layers for p in layer.parameters()], hyper)
     x_t, y_t = torch.from_numpy(x.astype(np.float64)), torch.from_numpy(y)
 
     for step in range(25):
@@ -76,22 +106,28 @@ def test_optimizer_tracks_torch_for_25_steps(device: str, dtype: str, case: str)
     assert opt.step_count == 25
 
 
-@pytest.mark.parametrize("case", ["sgd_nesterov", "rmsprop_centered_momentum", "adam_amsgrad_wd"])
-def test_one_backend_call_per_step_and_padding_stays_zero(device: str, case: str, monkeypatch) -> None:
+@pytest.mark.parametrize(
+    "case", ["sgd_nesterov", "rmsprop_centered_momentum", "adam_amsgrad_wd", "lamb_wd", "lars_plain"]
+)
+def test_checks_once_one_backend_call_per_step_and_padding_stays_zero(device: str, case: str, monkeypatch) -> None:
     ours_cls, _, hyper = CASES[case]
     model, x, y = make_problem(device, "float64")
     opt = ours_cls(model.parameters(), **hyper)
     be = model.backend
-    # The optimizers call the backend's unchecked step (their buffers are valid by construction).
-    method = {nn.SGD: "_sgd_step_unchecked", nn.RMSprop: "_rmsprop_step_unchecked", nn.Adam: "_adam_step_unchecked"}[
-        ours_cls
-    ]
-    calls = []
-    original = getattr(be, method)
-    monkeypatch.setattr(be, method, lambda *a, **k: calls.append(1) or original(*a, **k))
+    # The optimizer binds the backend's checked entry point once, then calls the trusted step it returned.
+    binds, calls = [], []
+    original = be.optimizer_step
+
+    def counted_bind(*args, **kwargs):
+        binds.append(args[0])
+        step = original(*args, **kwargs)
+        return lambda *scalars: calls.append(1) or step(*scalars)
+
+    monkeypatch.setattr(be, "optimizer_step", counted_bind)
     loss_fn = nn.get_loss("categorical_crossentropy", device=device)
     for _ in range(3):
         train_step(model, loss_fn, opt, x, y)
+    assert binds == [ours_cls.rule]
     assert len(calls) == 3
     params = model.parameters()
     padding = np.ones(params.size, dtype=bool)

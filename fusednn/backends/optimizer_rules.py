@@ -97,13 +97,12 @@ def _norm(xp, x) -> float:  # type: ignore[no-untyped-def]
 
 
 def lamb(  # type: ignore[no-untyped-def]
-    xp, param, grad, exp_avg, exp_avg_sq, segments, lr, bias_correction1, bias_correction2_sqrt, beta1,
-    one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay,
+    xp, param, grad, exp_avg, exp_avg_sq, segments, lr, bias_correction1, bias_correction2_sqrt, one_minus_beta1,
+    beta2, one_minus_beta2, eps, weight_decay,
 ):  # fmt: skip
     for start, stop in segments:
         p, g, m, v = (a[start:stop] for a in (param, grad, exp_avg, exp_avg_sq))
-        m *= beta1
-        m += one_minus_beta1 * g
+        m += one_minus_beta1 * (g - m)
         v *= beta2
         v += one_minus_beta2 * g * g
         update = (m / bias_correction1) / (xp.sqrt(v) / bias_correction2_sqrt + eps) + weight_decay * p

@@ -433,7 +433,7 @@ class AdamW(Adam):
 class LAMB(Optimizer):
     """LAMB, layer-wise adaptive moments (You et al., 2019, arXiv:1904.00962), per tensor of the model::
 
-        exp_avg = beta1 * exp_avg + (1 - beta1) * grad
+        exp_avg = exp_avg + (1 - beta1) * (grad - exp_avg)
         exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * grad^2
         update = (exp_avg / (1 - beta1^t)) / (sqrt(exp_avg_sq) / sqrt(1 - beta2^t) + eps) + weight_decay * param
         ratio = ||param|| / ||update||   (1 when either norm is 0; norms over the tensor)
@@ -486,7 +486,7 @@ class LAMB(Optimizer):
     def _scalars(self, step: int) -> tuple[float | bool, ...]:
         beta1, beta2 = self.betas
         return (
-            self.lr, 1.0 - beta1**step, math.sqrt(1.0 - beta2**step), beta1, 1.0 - beta1, beta2, 1.0 - beta2,
+            self.lr, 1.0 - beta1**step, math.sqrt(1.0 - beta2**step), 1.0 - beta1, beta2, 1.0 - beta2,
             self.eps, self.weight_decay,
         )  # fmt: skip
 

@@ -168,7 +168,6 @@ def lamb(
     lr,
     bias_correction1,
     bias_correction2_sqrt,
-    beta1,
     one_minus_beta1,
     beta2,
     one_minus_beta2,
@@ -182,7 +181,8 @@ def lamb(
         u_sq = 0.0
         for i in range(start, stop):
             g = grad[i]
-            m = beta1 * exp_avg[i] + one_minus_beta1 * g
+            m = exp_avg[i]
+            m = m + one_minus_beta1 * (g - m)  # torch's lerp form, as timm
             v = beta2 * exp_avg_sq[i] + one_minus_beta2 * g * g
             exp_avg[i] = m
             exp_avg_sq[i] = v

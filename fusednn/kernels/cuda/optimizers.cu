@@ -199,14 +199,14 @@ __device__ __forceinline__ T lamb_direction(T p, T m, T v, T bias_correction1, T
 template <typename T>
 __global__ void lamb_norms(T* param, const T* grad, T* exp_avg, T* exp_avg_sq, const long long* items,
                            double* partials, long long n_items, T lr, T bias_correction1, T bias_correction2_sqrt,
-                           T beta1, T one_minus_beta1, T beta2, T one_minus_beta2, T eps, T weight_decay) {
+                           T one_minus_beta1, T beta2, T one_minus_beta2, T eps, T weight_decay) {
     const long long stride = (long long)blockDim.x * gridDim.x;
     for (long long j = (long long)blockIdx.x * blockDim.x + threadIdx.x; j < n_items; j += stride) {
         const Lane lane = lane_of(items, j);
         double p_sq = 0.0, u_sq = 0.0;
         for (long long i = lane.begin; i < lane.stop; i += lane.step) {
             const T g = grad[i];
-            const T m = beta1 * exp_avg[i] + one_minus_beta1 * g;
+            const T m = exp_avg[i] + one_minus_beta1 * (g - exp_avg[i]);
             const T v = beta2 * exp_avg_sq[i] + one_minus_beta2 * g * g;
             exp_avg[i] = m;
             exp_avg_sq[i] = v;
@@ -223,7 +223,7 @@ __global__ void lamb_norms(T* param, const T* grad, T* exp_avg, T* exp_avg_sq, c
 template <typename T>
 __global__ void lamb_step(T* param, const T* grad, T* exp_avg, T* exp_avg_sq, const long long* items,
                           double* partials, long long n_items, T lr, T bias_correction1, T bias_correction2_sqrt,
-                          T beta1, T one_minus_beta1, T beta2, T one_minus_beta2, T eps, T weight_decay) {
+                          T one_minus_beta1, T beta2, T one_minus_beta2, T eps, T weight_decay) {
     const long long stride = (long long)blockDim.x * gridDim.x;
     for (long long j = (long long)blockIdx.x * blockDim.x + threadIdx.x; j < n_items; j += stride) {
         const Lane lane = lane_of(items, j);
