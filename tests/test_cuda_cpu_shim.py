@@ -276,15 +276,7 @@ def test_sgd_step(shim, ref, hyper, dtype):
             buf = np.zeros_like(param)
             for step, grad in enumerate(grads):
                 use_buf = buf_ref if hyper["momentum"] else None
-                ref.sgd_step(p_ref, grad, use_buf, first_step=step == 0, **hyper)
-                shim(
-                    "sgd_step",
-                    dtype,
-                    config,
-                    param,
-                    grad,
-                    buf,
-                    n,
+                scalars = (
                     hyper["lr"],
                     hyper["momentum"],
                     1.0 - hyper["dampening"],
@@ -293,6 +285,8 @@ def test_sgd_step(shim, ref, hyper, dtype):
                     int(hyper["nesterov"]),
                     int(step == 0),
                 )
+                ref.optimizer_step("sgd", p_ref, grad, [use_buf])(*scalars)
+                shim("sgd_step", dtype, config, param, grad, buf, n, *scalars)
             assert_close(param, p_ref, dtype)
             if hyper["momentum"]:
                 assert_close(buf, buf_ref, dtype)
@@ -331,24 +325,7 @@ def test_rmsprop_step(shim, ref, hyper, dtype):
                 buf.copy(),
             )
             for grad in grads:
-                ref.rmsprop_step(
-                    p_ref,
-                    grad,
-                    sq_ref,
-                    ga_ref if hyper["centered"] else None,
-                    buf_ref if hyper["momentum"] else None,
-                    **hyper,
-                )
-                shim(
-                    "rmsprop_step",
-                    dtype,
-                    config,
-                    param,
-                    grad,
-                    square_avg,
-                    grad_avg,
-                    buf,
-                    n,
+                scalars = (
                     hyper["lr"],
                     hyper["alpha"],
                     1.0 - hyper["alpha"],
@@ -358,6 +335,13 @@ def test_rmsprop_step(shim, ref, hyper, dtype):
                     int(hyper["centered"]),
                     int(hyper["momentum"] > 0),
                 )
+                ref.optimizer_step(
+                    "rmsprop",
+                    p_ref,
+                    grad,
+                    [sq_ref, ga_ref if hyper["centered"] else None, buf_ref if hyper["momentum"] else None],
+                )(*scalars)
+                shim("rmsprop_step", dtype, config, param, grad, square_avg, grad_avg, buf, n, *scalars)
             assert np.isfinite(p_ref).all()
             for got, want in (
                 (param, p_ref),
@@ -403,26 +387,8 @@ def test_adam_step(shim, ref, hyper, dtype):
                 v_max.copy(),
             )
             for step, grad in enumerate(grads, start=1):
-                ref.adam_step(
-                    p_ref,
-                    grad,
-                    m_ref,
-                    v_ref,
-                    vmax_ref if hyper["amsgrad"] else None,
-                    step=step,
-                    **hyper,
-                )
                 step_size, bc2 = adam_scalars(hyper["lr"], hyper["beta1"], hyper["beta2"], step)
-                shim(
-                    "adam_step",
-                    dtype,
-                    config,
-                    param,
-                    grad,
-                    m,
-                    v,
-                    v_max,
-                    n,
+                scalars = (
                     step_size,
                     bc2,
                     1.0 - hyper["beta1"],
@@ -432,6 +398,10 @@ def test_adam_step(shim, ref, hyper, dtype):
                     hyper["weight_decay"],
                     int(hyper["amsgrad"]),
                 )
+                ref.optimizer_step("adam", p_ref, grad, [m_ref, v_ref, vmax_ref if hyper["amsgrad"] else None])(
+                    *scalars
+                )
+                shim("adam_step", dtype, config, param, grad, m, v, v_max, n, *scalars)
             for got, want in ((param, p_ref), (m, m_ref), (v, v_ref)):
                 assert_close(got, want, dtype)
             if hyper["amsgrad"]:

@@ -5,11 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from timm_optim import Lamb, Lars
 
 import fusednn
 from fusednn import nn
-
-from timm_optim import Lamb, Lars
 
 # After 25 steps float32 rounding has compounded; float64 stays at rounding level.
 STEP_TOL = {"float64": {"rtol": 1e-9, "atol": 1e-11}, "float32": {"rtol": 1e-4, "atol": 2e-5}}

@@ -709,8 +709,8 @@ class Backend:
     @staticmethod
     def _check_segments(rule: str, segments: Any, size: int) -> np.ndarray | None:
         if (segments is not None) != (rule in optimizer_rules.SEGMENTED):
-            need = "needs" if segments is None else "takes no"
-            raise ValueError(f"Optimizer rule {rule!r} {need} a segments table (each tensor's [start, stop))")
+            need = "needs a" if segments is None else "takes no"
+            raise ValueError(f"Optimizer rule {rule!r} {need} segments table (each tensor's [start, stop))")
         if segments is None:
             return None
         table = np.asarray(segments)
