@@ -1,4 +1,4 @@
-"""One optimizer step (SGD with momentum, RMSprop, Adam, AdamW, LAMB, LARS) over a flat buffer of 1e4 to 1e7 elements."""
+"""One optimizer step (SGD with momentum, RMSprop, Adam, AdamW, LAMB, LARS) over a flat buffer of 1e4-1e7 elements."""
 
 from __future__ import annotations
 

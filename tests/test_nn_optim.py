@@ -332,3 +332,11 @@ def test_a_zero_learning_rate_is_valid_as_in_torch(cls) -> None:
     for a, b in zip(model.get_weights(), before, strict=True):
         np.testing.assert_array_equal(a, b)
     assert nn.optimizer_from_config(opt.get_config(), model.parameters()).lr == 0.0
+
+
+@pytest.mark.parametrize("cls", [nn.AdamW, nn.LAMB, nn.LARS])
+def test_fit_steps_the_new_optimizers_from_python(cls) -> None:
+    """No compiled epoch knows AdamW, LAMB or LARS: epoch_plan returns None and fit runs per step."""
+    model, x, y = make_problem("cpu", "float64")
+    history = nn.fit(model, x, y, loss="categorical_crossentropy", optimizer=cls(model.parameters()), epochs=1)
+    assert history.params["epoch_path"] == "per-step"
