@@ -735,8 +735,8 @@ class Backend:
     # the twin, so the checks live here once. nn's models call the twins directly,
     # once per layer in every training step, and only where nn has itself established
     # everything the public method would check: each operand is a C-contiguous array of this
-    # backend in the model's dtype with the documented shapes (parameters, gradients and optimizer
-    # state are nn's own flat buffers and views of them; inputs are checked once where they enter
+    # backend in the model's dtype with the documented shapes (parameters and gradients are
+    # nn's own flat buffers and views of them; inputs are checked once where they enter
     # the model), and the activation name is valid. The CPU backend's public dense methods also
     # make strided operands contiguous before calling the twin, which nn's buffers never need.
 

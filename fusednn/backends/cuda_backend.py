@@ -138,7 +138,7 @@ class CudaBackend(Backend):
 
     def epoch_trainer(self, plan: EpochPlan) -> EpochTrainer | None:
         """Replayed CUDA graphs, one per kind of training step (:mod:`.cuda_graphs`), for stacks of dense layers
-        with every built-in activation, loss and optimizer; ``None`` otherwise.
+        with every built-in activation and loss and SGD, RMSprop or Adam; ``None`` otherwise (AdamW, LAMB, LARS).
 
         The float32 GEMMs in the graphs use the :func:`set_matmul_precision` in force when this is called.
         """
@@ -388,7 +388,7 @@ def segment_lanes(segments: np.ndarray) -> np.ndarray:
     >>> segment_lanes(np.array([[0, 40], [64, 65]])).tolist()
     [[0, 40, 0, 2], [0, 40, 0, 2], [64, 65, 2, 1]]
     """
-    rows = []
+    rows: list[list[int]] = []
     for start, stop in segments.tolist():
         count = min(max((stop - start) // LANE_ELEMENTS, 1), MAX_LANES) if stop > start else 0
         rows += [[start, stop, len(rows), count]] * count
