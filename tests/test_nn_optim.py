@@ -340,3 +340,46 @@ def test_fit_steps_the_new_optimizers_from_python(cls) -> None:
     model, x, y = make_problem("cpu", "float64")
     history = nn.fit(model, x, y, loss="categorical_crossentropy", optimizer=cls(model.parameters()), epochs=1)
     assert history.params["epoch_path"] == "per-step"
+
+
+def _paper_lamb(p, g, m, v, t, lr, beta1, beta2, eps, wd):
+    """One LAMB step on one tensor, as You et al. (2019), Algorithm 2, with phi the identity."""
+    m, v = beta1 * m + (1 - beta1) * g, beta2 * v + (1 - beta2) * g * g
+    r = (m / (1 - beta1**t)) / (np.sqrt(v / (1 - beta2**t)) + eps) + wd * p
+    ratio = np.linalg.norm(p) / np.linalg.norm(r) if np.linalg.norm(p) and np.linalg.norm(r) else 1.0
+    return p - lr * ratio * r, m, v
+
+
+def _paper_lars(p, g, buf, lr, momentum, wd, trust, eps):
+    """One LARS step on one tensor, as You et al. (2017), Algorithm 1 (torch's momentum form)."""
+    local = trust * np.linalg.norm(p) / (np.linalg.norm(g) + wd * np.linalg.norm(p) + eps)
+    step = (g + wd * p) * (local if np.linalg.norm(p) and np.linalg.norm(g) else 1.0)
+    buf = step if buf is None else momentum * buf + step
+    return p - lr * buf, buf
+
+
+@pytest.mark.parametrize("cls", [nn.LAMB, nn.LARS])
+def test_lamb_and_lars_follow_the_papers_without_timm(device: str, cls) -> None:
+    """A float64 reference written from the papers, tensor by tensor (needs no timm)."""
+    model, x, y = make_problem(device, "float64")
+    hyper = {"lr": 0.02, "weight_decay": 0.03}
+    hyper.update(
+        {"betas": (0.8, 0.95), "eps": 1e-6} if cls is nn.LAMB else {"momentum": 0.9, "trust_coefficient": 0.05}
+    )
+    opt = cls(model.parameters(), **hyper)
+    loss_fn = nn.get_loss("categorical_crossentropy", device=device)
+    weights = [w.astype(np.float64) for w in model.get_weights()]
+    state = [(np.zeros_like(w), np.zeros_like(w)) for w in weights] if cls is nn.LAMB else [None] * len(weights)
+    for t in range(1, 6):
+        loss, dout = loss_fn(model.forward(x), y)
+        model.backward(dout, need_input_grad=False)
+        grads = [model.backend.to_numpy(g).astype(np.float64) for g in model.parameters().grad_views()]
+        opt.step()
+        for i, (w, g) in enumerate(zip(weights, grads, strict=True)):
+            if cls is nn.LAMB:
+                weights[i], *moments = _paper_lamb(w, g, *state[i], t, 0.02, 0.8, 0.95, 1e-6, 0.03)
+                state[i] = tuple(moments)
+            else:
+                weights[i], state[i] = _paper_lars(w, g, state[i], 0.02, 0.9, 0.03, 0.05, 1e-8)
+        for ours, theirs in zip(model.get_weights(), weights, strict=True):
+            np.testing.assert_allclose(ours, theirs, rtol=1e-9, atol=1e-12, err_msg=f"step {t}")
