@@ -83,20 +83,29 @@ def rmsprop(
 
 
 @njit(inline="always", **_JIT)
-def _adam_element(
-    i, p, g, exp_avg, exp_avg_sq, max_exp_avg_sq, step_size, bias_correction2_sqrt, one_minus_beta1, beta2,
-    one_minus_beta2, eps, amsgrad,
+def _adam_body(
+    param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step_size, bias_correction2_sqrt, one_minus_beta1, beta2,
+    one_minus_beta2, eps, weight_decay, decay, amsgrad,
 ):  # fmt: skip
-    """Adam's update of element ``i`` from the parameter value ``p`` and gradient ``g``: the new parameter."""
-    m = exp_avg[i]
-    m = m + one_minus_beta1 * (g - m)  # torch's lerp form
-    exp_avg[i] = m
-    v = beta2 * exp_avg_sq[i] + one_minus_beta2 * g * g
-    exp_avg_sq[i] = v
-    if amsgrad:
-        v = max(max_exp_avg_sq[i], v)
-        max_exp_avg_sq[i] = v
-    return p - step_size * (m / (math.sqrt(v) / bias_correction2_sqrt + eps))
+    """Adam's loop: ``weight_decay`` adds L2 to the gradient (Adam), ``decay`` scales the parameter first (AdamW).
+
+    The loop lives here, not in a per-element function: that form did not vectorise (5x slower).
+    Multiplying by Adam's ``decay = 1`` is exact.
+    """
+    for i in range(param.shape[0]):
+        p = param[i] * decay
+        g = grad[i]
+        if weight_decay != 0:
+            g = g + weight_decay * p
+        m = exp_avg[i]
+        m = m + one_minus_beta1 * (g - m)  # torch's lerp form
+        exp_avg[i] = m
+        v = beta2 * exp_avg_sq[i] + one_minus_beta2 * g * g
+        exp_avg_sq[i] = v
+        if amsgrad:
+            v = max(max_exp_avg_sq[i], v)
+            max_exp_avg_sq[i] = v
+        param[i] = p - step_size * (m / (math.sqrt(v) / bias_correction2_sqrt + eps))
 
 
 @njit(**_JIT)
@@ -116,15 +125,10 @@ def adam(
     amsgrad,
 ):
     """``torch.optim.Adam``: L2 weight decay added to the gradient."""
-    for i in range(param.shape[0]):
-        p = param[i]
-        g = grad[i]
-        if weight_decay != 0:
-            g = g + weight_decay * p
-        param[i] = _adam_element(
-            i, p, g, exp_avg, exp_avg_sq, max_exp_avg_sq, step_size, bias_correction2_sqrt, one_minus_beta1, beta2,
-            one_minus_beta2, eps, amsgrad,
-        )  # fmt: skip
+    _adam_body(
+        param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step_size, bias_correction2_sqrt, one_minus_beta1, beta2,
+        one_minus_beta2, eps, weight_decay, like(step_size, 1.0), amsgrad,
+    )  # fmt: skip
 
 
 @njit(**_JIT)
@@ -144,12 +148,10 @@ def adamw(
     amsgrad,
 ):
     """``torch.optim.AdamW``: the parameter shrinks by ``decay = 1 - lr * weight_decay`` first."""
-    for i in range(param.shape[0]):
-        p = param[i] * decay
-        param[i] = _adam_element(
-            i, p, grad[i], exp_avg, exp_avg_sq, max_exp_avg_sq, step_size, bias_correction2_sqrt, one_minus_beta1,
-            beta2, one_minus_beta2, eps, amsgrad,
-        )  # fmt: skip
+    _adam_body(
+        param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step_size, bias_correction2_sqrt, one_minus_beta1, beta2,
+        one_minus_beta2, eps, like(step_size, 0.0), decay, amsgrad,
+    )  # fmt: skip
 
 
 @njit(inline="always", **_JIT)
