@@ -22,11 +22,14 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 from numba import njit
 
 from .common import JitOptions, like
 
 _JIT: JitOptions = {"cache": True, "error_model": "numpy"}
+
+_NORM_BLOCK = 512  # elements whose LAMB directions are computed, vectorised, before their norm is summed
 
 
 @njit(**_JIT)
@@ -160,6 +163,39 @@ def _lamb_direction(p, m, v, bias_correction1, bias_correction2_sqrt, eps, weigh
     return (m / bias_correction1) / (math.sqrt(v) / bias_correction2_sqrt + eps) + weight_decay * p
 
 
+# The per-tensor kernels hand each tensor's views to loops that start at 0 and keep the float64
+# sums of squares in loops of their own: a loop from a runtime offset, or one that carries an
+# ordered reduction, does not vectorise (LAMB over 1e5 float32 took 850 µs written as one loop).
+
+
+@njit(inline="always", **_JIT)
+def _lamb_tensor(
+    p, g, m, v, lr, bias_correction1, bias_correction2_sqrt, one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay
+):  # fmt: skip
+    for i in range(p.shape[0]):
+        mi = m[i]
+        m[i] = mi + one_minus_beta1 * (g[i] - mi)  # torch's lerp form, as timm
+        v[i] = beta2 * v[i] + one_minus_beta2 * g[i] * g[i]
+    p_sq = 0.0  # float64 sums of the squares, whatever the dtype
+    u_sq = 0.0
+    block = np.empty(_NORM_BLOCK, dtype=p.dtype)
+    for start in range(0, p.shape[0], _NORM_BLOCK):
+        stop = min(start + _NORM_BLOCK, p.shape[0])
+        pb, mb, vb, ub = p[start:stop], m[start:stop], v[start:stop], block[: stop - start]
+        for i in range(ub.shape[0]):  # the directions of a block, vectorised
+            ub[i] = _lamb_direction(pb[i], mb[i], vb[i], bias_correction1, bias_correction2_sqrt, eps, weight_decay)
+        for i in range(ub.shape[0]):  # then their ordered sums
+            p_sq += pb[i] * pb[i]
+            u_sq += ub[i] * ub[i]
+    rate = lr
+    if p_sq > 0 and u_sq > 0:  # otherwise the trust ratio is 1, as timm's
+        rate = lr * like(lr, math.sqrt(p_sq) / math.sqrt(u_sq))
+    for i in range(p.shape[0]):
+        p[i] = p[i] - rate * _lamb_direction(
+            p[i], m[i], v[i], bias_correction1, bias_correction2_sqrt, eps, weight_decay
+        )
+
+
 @njit(**_JIT)
 def lamb(
     param,
@@ -179,27 +215,33 @@ def lamb(
     """LAMB (You et al. 2019) per tensor: Adam's direction plus decay, scaled by ``||p|| / ||direction||``."""
     for s in range(segments.shape[0]):
         start, stop = segments[s, 0], segments[s, 1]
-        p_sq = 0.0  # float64 sums of the squares, whatever the dtype
-        u_sq = 0.0
-        for i in range(start, stop):
-            g = grad[i]
-            m = exp_avg[i]
-            m = m + one_minus_beta1 * (g - m)  # torch's lerp form, as timm
-            v = beta2 * exp_avg_sq[i] + one_minus_beta2 * g * g
-            exp_avg[i] = m
-            exp_avg_sq[i] = v
-            p = param[i]
-            u = _lamb_direction(p, m, v, bias_correction1, bias_correction2_sqrt, eps, weight_decay)
-            p_sq += p * p
-            u_sq += u * u
-        rate = lr
-        if p_sq > 0 and u_sq > 0:  # otherwise the trust ratio is 1, as timm's
-            rate = lr * like(lr, math.sqrt(p_sq) / math.sqrt(u_sq))
-        for i in range(start, stop):
-            p = param[i]
-            param[i] = p - rate * _lamb_direction(
-                p, exp_avg[i], exp_avg_sq[i], bias_correction1, bias_correction2_sqrt, eps, weight_decay
-            )
+        _lamb_tensor(
+            param[start:stop], grad[start:stop], exp_avg[start:stop], exp_avg_sq[start:stop], lr, bias_correction1,
+            bias_correction2_sqrt, one_minus_beta1, beta2, one_minus_beta2, eps, weight_decay,
+        )  # fmt: skip
+
+
+@njit(inline="always", **_JIT)
+def _lars_tensor(
+    p, g, buf, lr, momentum, one_minus_dampening, weight_decay, trust_coefficient, eps, use_momentum, nesterov,
+    first_step,
+):  # fmt: skip
+    p_sq = 0.0  # float64 sums of the squares, whatever the dtype
+    g_sq = 0.0
+    for i in range(p.shape[0]):
+        p_sq += p[i] * p[i]
+        g_sq += g[i] * g[i]
+    ratio = like(lr, 1.0)
+    if p_sq > 0 and g_sq > 0:  # otherwise the trust ratio is 1, as timm's
+        p_norm, g_norm = math.sqrt(p_sq), math.sqrt(g_sq)
+        ratio = like(lr, trust_coefficient * p_norm / (g_norm + weight_decay * p_norm + eps))
+    for i in range(p.shape[0]):
+        d = (g[i] + weight_decay * p[i]) * ratio
+        if use_momentum:
+            b = d if first_step else momentum * buf[i] + one_minus_dampening * d
+            buf[i] = b
+            d = d + momentum * b if nesterov else b
+        p[i] -= lr * d
 
 
 @njit(**_JIT)
@@ -222,19 +264,8 @@ def lars(
     ``ratio = trust_coefficient * ||p|| / (||g|| + weight_decay * ||p|| + eps)``."""
     for s in range(segments.shape[0]):
         start, stop = segments[s, 0], segments[s, 1]
-        p_sq = 0.0  # float64 sums of the squares, whatever the dtype
-        g_sq = 0.0
-        for i in range(start, stop):
-            p_sq += param[i] * param[i]
-            g_sq += grad[i] * grad[i]
-        ratio = like(lr, 1.0)
-        if p_sq > 0 and g_sq > 0:  # otherwise the trust ratio is 1, as timm's
-            p_norm, g_norm = math.sqrt(p_sq), math.sqrt(g_sq)
-            ratio = like(lr, trust_coefficient * p_norm / (g_norm + weight_decay * p_norm + eps))
-        for i in range(start, stop):
-            g = (grad[i] + weight_decay * param[i]) * ratio
-            if use_momentum:
-                b = g if first_step else momentum * momentum_buffer[i] + one_minus_dampening * g
-                momentum_buffer[i] = b
-                g = g + momentum * b if nesterov else b
-            param[i] -= lr * g
+        buf = momentum_buffer[start:stop]  # an unused, empty buffer slices to empty
+        _lars_tensor(
+            param[start:stop], grad[start:stop], buf, lr, momentum, one_minus_dampening, weight_decay,
+            trust_coefficient, eps, use_momentum, nesterov, first_step,
+        )  # fmt: skip
