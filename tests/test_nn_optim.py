@@ -383,3 +383,16 @@ def test_lamb_and_lars_follow_the_papers_without_timm(device: str, cls) -> None:
                 weights[i], state[i] = _paper_lars(w, g, state[i], 0.02, 0.9, 0.03, 0.05, 1e-8)
         for ours, theirs in zip(model.get_weights(), weights, strict=True):
             np.testing.assert_allclose(ours, theirs, rtol=1e-9, atol=1e-12, err_msg=f"step {t}")
+
+
+def test_an_assignment_that_would_change_the_state_is_refused() -> None:
+    model, _, _ = make_problem("numpy", "float64")
+    adam, sgd = nn.Adam(model.parameters()), nn.SGD(model.parameters(), momentum=0.9)
+    with pytest.raises(ValueError, match=r"amsgrad=True would change the state Adam keeps \(exp_avg, exp_avg_sq\)"):
+        adam.amsgrad = True
+    with pytest.raises(ValueError, match="momentum=0.0 would change the state SGD keeps"):
+        sgd.momentum = 0.0
+    assert adam.amsgrad is False and sgd.momentum == 0.9  # unchanged
+    sgd.momentum = 0.5  # a momentum schedule keeps the buffer
+    adam.betas = (0.8, 0.9)
+    assert sgd.get_config()["momentum"] == 0.5 and adam.get_config()["betas"] == [0.8, 0.9]

@@ -80,8 +80,8 @@ class Optimizer:
     state with :meth:`_layout` and computes the rule's scalars with :meth:`_scalars`. A rule
     with per-tensor trust ratios sets ``per_tensor`` and gets the tensors' ``[start, stop)``
     in the flat buffer. Which state exists (momentum or not, AMSGrad, centering) is fixed when
-    the optimizer is made. If the parameters move to another device (``model.to(...)``) the
-    state follows on the next step.
+    the optimizer is made: an assignment that would change it raises ``ValueError``. If the
+    parameters move to another device (``model.to(...)``) the state follows on the next step.
 
     Raises:
         ValueError: a hyperparameter assigned at any time is NaN, infinite or out of range
@@ -113,7 +113,19 @@ class Optimizer:
 
     def __setattr__(self, name: str, value: Any) -> None:
         check = self._checks.get(name)
-        super().__setattr__(name, value if check is None else check(value))
+        if check is None:
+            super().__setattr__(name, value)
+            return
+        value = check(value)
+        previous = self.__dict__.get(name)
+        super().__setattr__(name, value)
+        layout = self.__dict__.get("_state_layout")
+        if layout is not None and self._layout() != layout:  # the state exists already and would not fit
+            super().__setattr__(name, previous)
+            raise ValueError(
+                f"{name}={value!r} would change the state {type(self).__name__} keeps "
+                f"({', '.join(self.state) or 'none'}); make a new optimizer instead"
+            )
 
     def _layout(self) -> tuple[str | None, ...]:
         """The rule's state buffers in its order, by PyTorch's names; ``None`` for one these settings leave unused."""
