@@ -89,7 +89,7 @@ def minimal_step(config: Config) -> Callable[[], Any]:
         step_size, bc2 = adam_scalars(1e-3, beta1, beta2, count[0])
         optim.adam(
             params.data, params.grad, exp_avg, exp_avg_sq, empty,
-            one(1 - beta1), one(beta2), one(1 - beta2), one(1e-8), one(0.0), False, one(step_size), one(bc2),
+            one(step_size), one(bc2), one(1 - beta1), one(beta2), one(1 - beta2), one(1e-8), one(0.0), False,
         )  # fmt: skip
         return total
 

@@ -230,39 +230,26 @@ def test_cross_entropy_probability_and_logit_errors(be: Backend) -> None:
 # ----------------------------------------------------------------- optimizers
 
 
-def test_sgd_state_errors(be: Backend) -> None:
-    param, grad, short = arrays(be, (6,), (6,), (5,))
-    hyper = {"lr": 0.1, "dampening": 0.0, "nesterov": False, "weight_decay": 0.0, "first_step": True}
-    with pytest.raises(ValueError, match="momentum_buffer is required by these hyperparameters but is None"):
-        be.sgd_step(param, grad, None, momentum=0.9, **hyper)
-    with pytest.raises(ValueError, match=r"momentum_buffer has shape \(5,\); expected \(6,\)"):
-        be.sgd_step(param, grad, short, momentum=0.9, **hyper)
+def test_optimizer_step_checks_its_buffers_once(be: Backend) -> None:
+    param, grad, state, short = arrays(be, (6,), (6,), (6,), (5,))
+    with pytest.raises(ValueError, match="Unknown optimizer rule 'adagrad'; expected one of sgd, rmsprop, adam"):
+        be.optimizer_step("adagrad", param, grad, [None])
+    with pytest.raises(ValueError, match=r"state\[0\] has shape \(5,\); expected \(6,\)"):
+        be.optimizer_step("sgd", param, grad, [short])
     with pytest.raises(ValueError, match=r"grad has shape \(5,\); expected \(6,\)"):
-        be.sgd_step(param, short, None, momentum=0.0, **hyper)
+        be.optimizer_step("sgd", param, short, [None])
     with pytest.raises(TypeError, match=r"param=float32, grad=float64"):
-        be.sgd_step(param, be.asarray(np.ones(6), dtype="float64"), None, momentum=0.0, **hyper)
-
-
-def test_rmsprop_state_errors(be: Backend) -> None:
-    param, grad, square_avg, short = arrays(be, (6,), (6,), (6,), (5,))
-    hyper = {"lr": 0.1, "alpha": 0.9, "eps": 1e-8, "weight_decay": 0.0}
-    with pytest.raises(ValueError, match="grad_avg is required"):
-        be.rmsprop_step(param, grad, square_avg, None, None, momentum=0.0, centered=True, **hyper)
-    with pytest.raises(ValueError, match="momentum_buffer is required"):
-        be.rmsprop_step(param, grad, square_avg, None, None, momentum=0.5, centered=False, **hyper)
-    with pytest.raises(ValueError, match=r"square_avg has shape \(5,\); expected \(6,\)"):
-        be.rmsprop_step(param, grad, short, None, None, momentum=0.0, centered=False, **hyper)
-
-
-def test_adam_state_errors(be: Backend) -> None:
-    param, grad, exp_avg, exp_avg_sq, short = arrays(be, (6,), (6,), (6,), (6,), (5,))
-    hyper = {"lr": 0.1, "beta1": 0.9, "beta2": 0.99, "eps": 1e-8, "weight_decay": 0.0}
-    with pytest.raises(ValueError, match="max_exp_avg_sq is required"):
-        be.adam_step(param, grad, exp_avg, exp_avg_sq, None, amsgrad=True, step=1, **hyper)
-    with pytest.raises(ValueError, match=r"exp_avg_sq has shape \(5,\); expected \(6,\)"):
-        be.adam_step(param, grad, exp_avg, short, None, amsgrad=False, step=1, **hyper)
-    with pytest.raises(TypeError, match=r"exp_avg=float64"):
-        be.adam_step(param, grad, be.zeros(6, "float64"), exp_avg_sq, None, amsgrad=False, step=1, **hyper)
-    with pytest.raises(ValueError, match="Adam's step counts from 1, got 0"):
-        be.adam_step(param, grad, exp_avg, exp_avg_sq, None, amsgrad=False, step=0, **hyper)
-    np.testing.assert_array_equal(be.to_numpy(param), np.ones(6))  # nothing was half-updated
+        be.optimizer_step("sgd", param, be.asarray(np.ones(6), dtype="float64"), [None])
+    with pytest.raises(ValueError, match="param must be the flat 1-D buffer, got shape"):
+        be.optimizer_step("sgd", be.zeros((2, 3)), be.zeros((2, 3)), [None])
+    with pytest.raises(ValueError, match="'lamb' needs a segments table"):
+        be.optimizer_step("lamb", param, grad, [state, state])
+    with pytest.raises(ValueError, match="'adam' takes no segments table"):
+        be.optimizer_step("adam", param, grad, [state, state, None], np.array([[0, 6]]))
+    with pytest.raises(ValueError, match="segments must be an integer"):
+        be.optimizer_step("lars", param, grad, [None], np.array([0.0, 6.0]))
+    with pytest.raises(ValueError, match=r"segments must be ordered, disjoint \[start, stop\) rows within 0..6"):
+        be.optimizer_step("lars", param, grad, [None], np.array([[0, 4], [3, 6]]))
+    with pytest.raises(ValueError, match="within 0..6"):
+        be.optimizer_step("lars", param, grad, [None], np.array([[0, 7]]))
+    np.testing.assert_array_equal(be.to_numpy(param), np.ones(6))  # nothing was updated

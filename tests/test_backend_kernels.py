@@ -17,6 +17,7 @@ import torch
 from conftest import TOLERANCES
 
 import fusednn
+from fusednn import nn
 from fusednn.backends.base import Backend
 
 REF = fusednn.backend("numpy")
@@ -314,128 +315,75 @@ def test_array_helpers_match_reference(fast_device: str, dtype: str) -> None:
 
 # ----------------------------------------------------------------- optimizers
 
-SGD_CONFIGS = [
-    {"lr": 0.1, "momentum": 0.0, "dampening": 0.0, "nesterov": False, "weight_decay": 0.0},
-    {"lr": 0.05, "momentum": 0.9, "dampening": 0.3, "nesterov": False, "weight_decay": 0.01},
-    {"lr": 0.05, "momentum": 0.8, "dampening": 0.0, "nesterov": True, "weight_decay": 0.1},
+OPTIMIZER_CASES = [
+    (nn.SGD, {"lr": 0.1}),
+    (nn.SGD, {"lr": 0.05, "momentum": 0.9, "dampening": 0.3, "weight_decay": 0.01}),
+    (nn.SGD, {"lr": 0.05, "momentum": 0.8, "nesterov": True, "weight_decay": 0.1}),
+    (nn.RMSprop, {"lr": 0.01, "alpha": 0.99, "eps": 1e-8}),
+    (nn.RMSprop, {"lr": 0.01, "alpha": 0.9, "eps": 1e-6, "weight_decay": 0.05, "momentum": 0.7, "centered": True}),
+    (nn.RMSprop, {"lr": 0.02, "alpha": 0.8, "eps": 1e-4, "momentum": 0.5}),
+    (nn.Adam, {"lr": 1e-3}),
+    (nn.Adam, {"lr": 0.01, "betas": (0.8, 0.95), "eps": 1e-6, "weight_decay": 0.1, "amsgrad": True}),
+    (nn.AdamW, {"lr": 1e-3}),
+    (nn.AdamW, {"lr": 0.01, "betas": (0.8, 0.95), "eps": 1e-6, "weight_decay": 0.1, "amsgrad": True}),
+    (nn.LAMB, {"lr": 0.01}),
+    (nn.LAMB, {"lr": 0.02, "betas": (0.8, 0.95), "eps": 1e-4, "weight_decay": 0.0}),
+    (nn.LARS, {"lr": 1.0}),
+    (nn.LARS, {"lr": 0.5, "momentum": 0.9, "nesterov": True, "weight_decay": 1e-3, "trust_coefficient": 0.02}),
 ]
-RMSPROP_CONFIGS = [
-    {"lr": 0.01, "alpha": 0.99, "eps": 1e-8, "weight_decay": 0.0, "momentum": 0.0, "centered": False},
-    {"lr": 0.01, "alpha": 0.9, "eps": 1e-6, "weight_decay": 0.05, "momentum": 0.7, "centered": True},
-    {"lr": 0.02, "alpha": 0.8, "eps": 1e-4, "weight_decay": 0.0, "momentum": 0.5, "centered": False},
-]
-ADAM_CONFIGS = [
-    {"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0, "amsgrad": False},
-    {"lr": 0.01, "beta1": 0.8, "beta2": 0.95, "eps": 1e-6, "weight_decay": 0.1, "amsgrad": True},
-]
-OPTIMIZER_CASES = (
-    [("sgd", c) for c in SGD_CONFIGS] + [("rmsprop", c) for c in RMSPROP_CONFIGS] + [("adam", c) for c in ADAM_CONFIGS]
-)
-STATE_NAMES = {
-    "sgd": ["momentum_buffer"],
-    "rmsprop": ["square_avg", "grad_avg", "momentum_buffer"],
-    "adam": ["exp_avg", "exp_avg_sq", "max_exp_avg_sq"],
-}
 N_STEPS = 4
+# One tensor, and several (with the flat buffer's padding between them, and a zero tensor: trust ratio 1).
+SHAPES = {"one": [(37,)], "several": [(5, 7), (3,), (2, 2)]}
 
 
-def run_optimizer(
-    be: Backend,
-    kind: str,
-    config: dict,
-    param0: np.ndarray,
-    grads: list[np.ndarray],
-    dtype: str,
-    strided: bool = False,
-    unchecked: bool = False,
-) -> dict[str, np.ndarray]:
-    """Run ``len(grads)`` steps on ``be``; return the parameter and every state buffer on the host.
-
-    ``unchecked`` calls the ``_<kind>_step_unchecked`` fast path that nn's optimizers use.
-    """
-    shape = param0.shape
-    if strided:  # a non-contiguous parameter: the backend must still update it in place
-        param = be.zeros((shape[0] * 2, *shape[1:]), dtype)[::2]
-        param[...] = be.asarray(param0, dtype)
-    else:
-        param = be.asarray(param0.copy(), dtype)  # asarray does not copy; the steps update in place
-    state = {name: be.zeros(shape, dtype) for name in STATE_NAMES[kind]}
-    for step, grad_h in enumerate(grads, start=1):
-        grad = be.asarray(grad_h, dtype)
-        step_fn = getattr(be, f"_{kind}_step_unchecked" if unchecked else f"{kind}_step")
-        if kind == "sgd":
-            step_fn(param, grad, state["momentum_buffer"], first_step=step == 1, **config)
-        elif kind == "rmsprop":
-            step_fn(param, grad, *state.values(), **config)
-        else:
-            step_fn(param, grad, *state.values(), step=step, **config)
-    return {"param": be.to_numpy(param), **{k: be.to_numpy(v) for k, v in state.items()}}
-
-
-def _optimizer_data(shape: tuple[int, ...]) -> tuple[np.ndarray, list[np.ndarray]]:
+def run_optimizer(be: Backend, cls: type, config: dict, shapes: list, dtype: str) -> dict[str, np.ndarray]:
+    """``N_STEPS`` updates of ``cls`` on a flat buffer of ``shapes`` on ``be``: the parameters and the state."""
     rng = np.random.default_rng(7)
-    return rng.standard_normal(shape), [rng.standard_normal(shape) for _ in range(N_STEPS)]
+    params = nn.Parameters(shapes, be, dtype)
+    views = params.views()
+    for view in views[:-1] if len(views) > 1 else views:  # the last of several stays zero
+        view[...] = be.asarray(rng.standard_normal(view.shape), dtype)
+    opt = cls(params, **config)
+    for _ in range(N_STEPS):
+        for view in params.grad_views():
+            view[...] = be.asarray(rng.standard_normal(view.shape), dtype)
+        opt.step()
+    return {"param": be.to_numpy(params.data), **{k: be.to_numpy(v) for k, v in opt.state.items()}}
 
 
-@pytest.mark.parametrize("shape", [(37,), (5, 7)], ids=str)
-@pytest.mark.parametrize(("kind", "config"), OPTIMIZER_CASES)
-def test_optimizer_steps_match_reference(
-    fast_backend: Backend, dtype: str, kind: str, config: dict, shape: tuple[int, ...]
-) -> None:
-    param0, grads = _optimizer_data(shape)
-    expected = run_optimizer(REF, kind, config, param0, grads, dtype)
-    actual = run_optimizer(fast_backend, kind, config, param0, grads, dtype)
+def _case_id(case: tuple) -> str:
+    return case[0].__name__ + "-" + "-".join(f"{k}={v}" for k, v in case[1].items())
+
+
+@pytest.mark.parametrize("shapes", list(SHAPES.values()), ids=list(SHAPES))
+@pytest.mark.parametrize("case", OPTIMIZER_CASES, ids=_case_id)
+def test_fused_optimizer_steps_match_reference(fast_backend: Backend, dtype: str, case: tuple, shapes: list) -> None:
+    cls, config = case
+    expected = run_optimizer(REF, cls, config, shapes, dtype)
+    actual = run_optimizer(fast_backend, cls, config, shapes, dtype)
     for name in expected:
         np.testing.assert_allclose(actual[name], expected[name], **TOLERANCES[dtype], err_msg=name)
 
 
-@pytest.mark.parametrize(("kind", "config"), OPTIMIZER_CASES)
-def test_unchecked_optimizer_steps_equal_the_checked_ones(
-    fast_backend: Backend, dtype: str, kind: str, config: dict
-) -> None:
-    """nn's optimizers call ``_<kind>_step_unchecked`` on their flat buffers; the bits are the public step's."""
-    param0, grads = _optimizer_data((37,))
-    expected = run_optimizer(fast_backend, kind, config, param0, grads, dtype)
-    actual = run_optimizer(fast_backend, kind, config, param0, grads, dtype, unchecked=True)
-    for name in expected:
-        np.testing.assert_array_equal(actual[name], expected[name], err_msg=name)
+TORCH_OPTIMIZERS = {nn.SGD: torch.optim.SGD, nn.RMSprop: torch.optim.RMSprop, nn.Adam: torch.optim.Adam}
+TORCH_OPTIMIZERS[nn.AdamW] = torch.optim.AdamW
 
 
-@pytest.mark.parametrize(("kind", "config"), [OPTIMIZER_CASES[1], OPTIMIZER_CASES[4], OPTIMIZER_CASES[-1]])
-def test_optimizer_steps_update_non_contiguous_parameters_in_place(
-    fast_device: str, dtype: str, kind: str, config: dict
-) -> None:
-    param0, grads = _optimizer_data((6, 3))
-    expected = run_optimizer(REF, kind, config, param0, grads, dtype)
-    actual = run_optimizer(fusednn.backend(fast_device), kind, config, param0, grads, dtype, strided=True)
-    for name in expected:
-        np.testing.assert_allclose(actual[name], expected[name], **TOLERANCES[dtype], err_msg=name)
-
-
-def _torch_optimizer(kind: str, config: dict, param: torch.Tensor) -> torch.optim.Optimizer:
-    if kind == "sgd":
-        return torch.optim.SGD([param], foreach=False, **config)
-    if kind == "rmsprop":
-        return torch.optim.RMSprop([param], foreach=False, **config)
-    adam = {k: v for k, v in config.items() if k not in ("beta1", "beta2")}
-    return torch.optim.Adam([param], betas=(config["beta1"], config["beta2"]), foreach=False, **adam)
-
-
-@pytest.mark.parametrize(("kind", "config"), OPTIMIZER_CASES)
-def test_optimizer_steps_match_torch_optim(device: str, kind: str, config: dict) -> None:
-    param0, grads = _optimizer_data((37,))
-    param_t = torch.tensor(param0, requires_grad=True)
-    optimizer = _torch_optimizer(kind, config, param_t)
-    for grad in grads:
-        param_t.grad = torch.tensor(grad)
+@pytest.mark.parametrize("case", [c for c in OPTIMIZER_CASES if c[0] in TORCH_OPTIMIZERS], ids=_case_id)
+def test_optimizer_steps_match_torch_optim(device: str, case: tuple) -> None:
+    cls, config = case
+    actual = run_optimizer(fusednn.backend(device), cls, config, [(37,)], "float64")
+    rng = np.random.default_rng(7)
+    param_t = torch.tensor(rng.standard_normal(37), requires_grad=True)
+    optimizer = TORCH_OPTIMIZERS[cls]([param_t], foreach=False, **config)
+    for _ in range(N_STEPS):
+        param_t.grad = torch.tensor(rng.standard_normal(37))
         optimizer.step()
-    actual = run_optimizer(fusednn.backend(device), kind, config, param0, grads, "float64")
     # torch computes a few products in another order (lerp, addcmul): allow a few ulps more than float64's tolerance.
-    np.testing.assert_allclose(actual["param"], param_t.detach().numpy(), rtol=1e-11, atol=1e-13)
-    torch_state = optimizer.state[param_t]
-    for name in STATE_NAMES[kind]:
-        if name in torch_state:
-            np.testing.assert_allclose(actual[name], torch_state[name].numpy(), rtol=1e-11, atol=1e-13, err_msg=name)
+    np.testing.assert_allclose(actual["param"][:37], param_t.detach().numpy(), rtol=1e-11, atol=1e-13)
+    for name, value in optimizer.state[param_t].items():
+        if name != "step":
+            np.testing.assert_allclose(actual[name][:37], value.numpy(), rtol=1e-11, atol=1e-13, err_msg=name)
 
 
 # ------------------------------------------------------------------ threading

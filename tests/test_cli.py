@@ -69,7 +69,7 @@ def test_a_bad_flag_exits_2_with_one_line(module: str) -> None:
         (["--lr", "-1"], "--lr: expected a finite number >= 0"),
         (["--optimizer", "adagrad"], "invalid choice: 'adagrad'"),
         (["--task", "ordinal"], "invalid choice: 'ordinal'"),
-        (["--momentum", "0.9"], "--momentum applies to sgd and rmsprop"),
+        (["--momentum", "0.9"], "--momentum applies to sgd, rmsprop and lars, not adam"),
         (["--features", "8"], "--features and --classes apply to --data synthetic only"),
         (["--rows", "100"], "--rows applies to --data xor and synthetic only"),
         (["--labels", "labels.idx"], "--labels goes with an IDX images file"),
@@ -389,3 +389,12 @@ def test_the_epoch_path_flag_reaches_fit(epoch_path: str, tmp_path: Path, monkey
     argv = ["train", "--data", "xor", "--rows", "200", "--epochs", "2", "--device", "cpu", "--no-progress"]
     assert main([*argv, "--epoch-path", epoch_path, "--out", str(tmp_path / "out")]) == 0
     assert seen == [epoch_path]
+
+
+@pytest.mark.parametrize(("optimizer", "extra"), [("lamb", []), ("lars", ["--momentum", "0.9"]), ("adamw", [])])
+def test_train_with_the_new_optimizers(tmp_path: Path, optimizer, extra) -> None:
+    out = tmp_path / optimizer
+    flags = ["train", "--data", "xor", "--rows", "64", "--device", "cpu", "--epochs", "2", "--optimizer", optimizer]
+    assert main([*flags, *extra, "--out", str(out)]) == 0
+    loaded = nn.load(out / "checkpoint.npz", device="numpy")
+    assert type(loaded.optimizer) is nn.OPTIMIZERS[optimizer] and loaded.optimizer.step_count > 0

@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 from conftest import GPU_SKIP_REASON, HAS_GPU, TOLERANCES
 from device_resident_training import CASES, training_step
+from test_backend_kernels import OPTIMIZER_CASES, REF, _case_id, run_optimizer
 
 import fusednn
 from fusednn.backends import cuda_backend
+from fusednn.backends.base import adam_scalars
 from fusednn.backends.registry import cuda_device_count
 from fusednn.kernels.activation_codes import ACTIVATIONS
 
@@ -304,83 +306,21 @@ def test_reference_operations_run_on_cupy(cuda, ref, dtype):
 # ------------------------------------------------------------------ optimizers
 
 
-def _state(n, dtype, seed, count):
-    rng = np.random.default_rng(seed)
-    param = rng.normal(size=n).astype(dtype)
-    grads = [rng.normal(size=n).astype(dtype) for _ in range(3)]
-    return param, grads, [np.zeros(n, dtype) for _ in range(count)]
+@pytest.mark.parametrize("case", OPTIMIZER_CASES, ids=_case_id)
+def test_every_optimizer_rule_matches_the_reference(cuda, dtype, case):
+    cls, config = case
+    shapes = [(40, 26), (3,), (2, 2)]  # several tensors (LAMB/LARS lanes), padding, a zero tensor
+    expected = run_optimizer(REF, cls, config, shapes, dtype)
+    actual = run_optimizer(cuda, cls, config, shapes, dtype)
+    for name in expected:
+        np.testing.assert_allclose(actual[name], expected[name], **TOLERANCES[dtype], err_msg=name)
 
 
-@pytest.mark.parametrize("momentum", [0.0, 0.9])
-@pytest.mark.parametrize("nesterov", [False, True])
-def test_sgd_step(cuda, ref, dtype, momentum, nesterov):
-    if nesterov and not momentum:
-        pytest.skip("nesterov needs momentum")
-    hyper = {"lr": 0.05, "momentum": momentum, "dampening": 0.0, "nesterov": nesterov, "weight_decay": 0.01}
-    param, grads, (buf,) = _state(1001, dtype, 7, 1)
-    p_gpu, buf_gpu = cuda.asarray(param), cuda.asarray(buf)
-    for step, grad in enumerate(grads):
-        ref.sgd_step(param, grad, buf if momentum else None, first_step=step == 0, **hyper)
-        cuda.sgd_step(p_gpu, cuda.asarray(grad), buf_gpu if momentum else None, first_step=step == 0, **hyper)
-    assert_close(cuda, p_gpu, param, dtype)
-    assert_close(cuda, buf_gpu, buf, dtype)
-
-
-@pytest.mark.parametrize(("momentum", "centered"), [(0.0, False), (0.5, True)])
-def test_rmsprop_step(cuda, ref, dtype, momentum, centered):
-    hyper = {"lr": 0.01, "alpha": 0.9, "eps": 1e-6, "weight_decay": 0.1, "momentum": momentum, "centered": centered}
-    param, grads, (sq, ga, buf) = _state(1001, dtype, 8, 3)
-    gpu = [cuda.asarray(a) for a in (param, sq, ga, buf)]
-    for grad in grads:
-        ref.rmsprop_step(param, grad, sq, ga if centered else None, buf if momentum else None, **hyper)
-        cuda.rmsprop_step(
-            gpu[0], cuda.asarray(grad), gpu[1], gpu[2] if centered else None, gpu[3] if momentum else None, **hyper
-        )
-    for got, want in zip(gpu, (param, sq, ga, buf), strict=True):
-        assert_close(cuda, got, want, dtype)
-
-
-@pytest.mark.parametrize("amsgrad", [False, True])
-def test_adam_step(cuda, ref, dtype, amsgrad):
-    hyper = {"lr": 0.01, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.05, "amsgrad": amsgrad}
-    param, grads, (m, v, vmax) = _state(1001, dtype, 9, 3)
-    gpu = [cuda.asarray(a) for a in (param, m, v, vmax)]
-    for step, grad in enumerate(grads, start=1):
-        ref.adam_step(param, grad, m, v, vmax if amsgrad else None, step=step, **hyper)
-        cuda.adam_step(gpu[0], cuda.asarray(grad), gpu[1], gpu[2], gpu[3] if amsgrad else None, step=step, **hyper)
-    for got, want in zip(gpu, (param, m, v, vmax), strict=True):
-        assert_close(cuda, got, want, dtype)
-
-
-def test_optimizer_state_errors(cuda):
-    p = cuda.zeros(4)
-    with pytest.raises(ValueError, match="momentum_buffer is required"):
-        cuda.sgd_step(
-            p,
-            cuda.zeros(4),
-            None,
-            lr=0.1,
-            momentum=0.9,
-            dampening=0.0,
-            nesterov=False,
-            weight_decay=0.0,
-            first_step=True,
-        )
-    with pytest.raises(ValueError, match="must be C-contiguous"):
-        cuda.adam_step(
-            cuda.zeros(8)[::2],
-            cuda.zeros(4),
-            cuda.zeros(4),
-            cuda.zeros(4),
-            None,
-            lr=0.1,
-            beta1=0.9,
-            beta2=0.99,
-            eps=1e-8,
-            weight_decay=0.0,
-            amsgrad=False,
-            step=1,
-        )
+def test_optimizer_step_errors(cuda):
+    with pytest.raises(ValueError, match=r"state\[0\] has shape \(3,\); expected \(4,\)"):
+        cuda.optimizer_step("sgd", cuda.zeros(4), cuda.zeros(4), [cuda.zeros(3)])
+    with pytest.raises(ValueError, match="param must be C-contiguous"):
+        cuda.optimizer_step("adam", cuda.zeros(8)[::2], cuda.zeros(4), [cuda.zeros(4), cuda.zeros(4), None])
 
 
 # ------------------------------------------------------------- training step
@@ -405,6 +345,7 @@ def test_a_training_step_never_synchronises(cuda, cp):
     grads = cuda.zeros(flat.shape)
     m, v = cuda.zeros(flat.shape), cuda.zeros(flat.shape)
     W, b, dW, db = flat[:100].reshape(20, 5), flat[100:], grads[:100].reshape(20, 5), grads[100:]
+    adam = cuda.optimizer_step("adam", flat, grads, [m, v, None])
     cuda.synchronize()
     losses = []
     with no_synchronize():
@@ -412,20 +353,7 @@ def test_a_training_step_never_synchronises(cuda, cp):
             y, z = cuda.dense_forward(x, W, b, "identity")
             loss, dlogits = cuda.softmax_cross_entropy(y, labels)
             cuda.dense_backward(x, W, z, y, dlogits, "identity", dW, db, need_dx=False)
-            cuda.adam_step(
-                flat,
-                grads,
-                m,
-                v,
-                None,
-                lr=0.05,
-                beta1=0.9,
-                beta2=0.999,
-                eps=1e-8,
-                weight_decay=0.0,
-                amsgrad=False,
-                step=step,
-            )
+            adam(*adam_scalars(0.05, 0.9, 0.999, step), 0.1, 0.999, 1e-3, 1e-8, 0.0, False)
             losses.append(loss)
     values = [cuda.to_float(loss) for loss in losses]
     assert values[-1] < values[0]

@@ -32,6 +32,7 @@ from fusednn.kernels.cuda.sources import (
     name_expressions,
     source_path,
     source_text,
+    specs_in_source,
 )
 
 
@@ -148,21 +149,21 @@ def test_sources_have_no_include():
 
 
 def test_name_expressions_cover_both_dtypes():
-    steps = ("sgd_step", "rmsprop_step", "adam_step")
-    assert name_expressions("optimizers.cu") == [
-        f"{name}<{ctype}>" for name in (*steps, *(f"{s}_scheduled" for s in steps)) for ctype in ("float", "double")
-    ]
+    names = [spec.name for spec in specs_in_source("optimizers.cu")]
+    assert {"sgd_step", "adam_step", "adamw_step", "lamb_norms", "lamb_step", "lars_norms", "lars_step"} <= set(names)
+    assert name_expressions("optimizers.cu") == [f"{name}<{ctype}>" for name in names for ctype in ("float", "double")]
 
 
-def test_a_scheduled_step_reads_its_host_scalars_from_one_device_vector():
+def test_optimizer_signatures_are_read_from_the_source():
+    """A kernel's parameters are written once, in optimizers.cu; the table reads them."""
     plain, scheduled = KERNELS["adam_step"], KERNELS["adam_step_scheduled"]
-    names = [name for _, name in scheduled.params]
-    assert names == [
-        name if name != "step_size" else "scalars" for _, name in plain.params if name != "bias_correction2_sqrt"
-    ]
-    assert dict((name, ctype) for ctype, name in scheduled.params)["scalars"] == "const T*"
-    with pytest.raises(ValueError, match="adam_step has no parameters \\['lr'\\]"):
-        plain.scheduled(("lr",))
+    assert plain.params[:2] == (("T*", "param"), ("const T*", "grad"))
+    assert ("const T*", "scalars") in scheduled.params
+    assert KERNELS["lamb_step"].params[4:7] == (
+        ("const long long*", "items"),
+        ("double*", "partials"),
+        ("long long", "n_items"),
+    )
 
 
 def test_c_params_substitute_the_float_type():

@@ -17,6 +17,7 @@ import pytest
 from conftest import TOLERANCES
 from cuda_shim.build import build_shim_library, have
 from cuda_shim.simulated import simulated_cuda_backend
+from test_backend_kernels import OPTIMIZER_CASES, _case_id, run_optimizer
 
 import fusednn
 
@@ -106,39 +107,21 @@ def test_bias_gradient_is_bit_identical_across_runs_and_equals_the_in_order_chun
     np.testing.assert_array_equal(results[0], expected)
 
 
-@pytest.mark.parametrize(
-    ("kind", "hyper"),
-    [
-        ("sgd", {"lr": 0.1, "momentum": 0.9, "dampening": 0.1, "nesterov": True, "weight_decay": 0.01}),
-        ("rmsprop", {"lr": 0.01, "alpha": 0.9, "eps": 1e-8, "weight_decay": 0.01, "momentum": 0.5, "centered": True}),
-        ("adam", {"lr": 0.01, "beta1": 0.9, "beta2": 0.99, "eps": 1e-8, "weight_decay": 0.01, "amsgrad": True}),
-    ],
-)
-def test_optimizer_steps_update_strided_parameters_and_state_in_place(sim, dtype, kind, hyper):
-    param0, grads = values((6, 3)), [values((6, 3), seed) for seed in range(1, 4)]
-    buffers = {
-        "sgd": ["momentum_buffer"],
-        "rmsprop": ["square_avg", "grad_avg", "momentum_buffer"],
-        "adam": ["exp_avg", "exp_avg_sq", "max_exp_avg_sq"],
-    }[kind]
+@pytest.mark.parametrize("case", OPTIMIZER_CASES, ids=_case_id)
+def test_every_optimizer_rule_matches_the_reference(sim, dtype, case):
+    """CudaBackend's bound steps (one launch, or two for LAMB/LARS over their lanes) against the numpy rules."""
+    cls, config = case
+    shapes = [(5, 7), (3,), (2, 2)]
+    expected = run_optimizer(REF, cls, config, shapes, dtype)
+    actual = run_optimizer(sim, cls, config, shapes, dtype)
+    for name in expected:
+        np.testing.assert_allclose(actual[name], expected[name], **TOLERANCES[dtype], err_msg=name)
 
-    def run(be, layout):
-        param = layout(be, param0, dtype)
-        state = {name: layout(be, np.zeros((6, 3)), dtype) for name in buffers}
-        for step, grad in enumerate(grads, start=1):
-            grad = layout(be, grad, dtype)
-            if kind == "sgd":
-                be.sgd_step(param, grad, state["momentum_buffer"], first_step=step == 1, **hyper)
-            elif kind == "rmsprop":
-                be.rmsprop_step(param, grad, *state.values(), **hyper)
-            else:
-                be.adam_step(param, grad, *state.values(), step=step, **hyper)
-        return {"param": param, **state}
 
-    expected = run(REF, lambda be, host, dtype: be.asarray(host.copy(), dtype))
-    actual = run(sim, strided)
-    for name, value in expected.items():
-        assert_close(actual[name], value, dtype)
+def test_optimizer_step_refuses_strided_buffers(sim):
+    param = sim.zeros(12, "float32")[::2]
+    with pytest.raises(ValueError, match="param must be C-contiguous"):
+        sim.optimizer_step("sgd", param, sim.zeros(6, "float32"), [None])
 
 
 @pytest.mark.parametrize(("logit", "dtype"), [(32.0, "float32"), (16384.0, "float64"), (1e4, "float32")])

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from timm_optim import Lamb, Lars
 
 import fusednn
 from fusednn import nn
@@ -32,7 +33,35 @@ CASES = {
         {"lr": 0.01, "betas": (0.8, 0.99), "eps": 1e-7, "weight_decay": 0.05, "amsgrad": True},
     ),
     "adam_plain": (nn.Adam, torch.optim.Adam, {"lr": 0.01}),
+    "adamw_amsgrad": (
+        nn.AdamW,
+        torch.optim.AdamW,
+        {"lr": 0.01, "betas": (0.8, 0.99), "eps": 1e-7, "weight_decay": 0.05, "amsgrad": True},
+    ),
+    "adamw_plain": (nn.AdamW, torch.optim.AdamW, {"lr": 0.01}),
+    # timm's defaults differ from the papers' (see nn.LAMB / nn.LARS): the cases set them to the papers'.
+    "lamb_wd": (nn.LAMB, Lamb, {"lr": 0.02, "betas": (0.8, 0.99), "eps": 1e-6, "weight_decay": 0.05}),
+    "lamb_no_decay": (nn.LAMB, Lamb, {"lr": 0.01, "weight_decay": 0.0}),
+    "lars_nesterov_wd": (
+        nn.LARS,
+        Lars,
+        {"lr": 0.5, "momentum": 0.9, "nesterov": True, "weight_decay": 1e-3, "trust_coefficient": 0.02},
+    ),
+    "lars_dampening": (nn.LARS, Lars, {"lr": 2.0, "momentum": 0.5, "dampening": 0.2, "eps": 1e-6}),
+    "lars_plain": (nn.LARS, Lars, {"lr": 1.0}),
 }
+
+# The timm arguments that make its LAMB and LARS the papers' (and ours); our name -> timm's.
+TIMM_SETTINGS = {Lamb: {"max_grad_norm": None, "always_adapt": True}, Lars: {"always_adapt": True}}
+TIMM_NAMES = {"trust_coefficient": "trust_coeff"}
+
+
+def torch_optimizer(torch_cls, params, hyper):
+    """The PyTorch (or timm) optimizer of a case; a timm one skips the test when timm is not installed."""
+    if torch_cls is None:
+        pytest.skip("timm is not installed (pip install timm torchvision==0.28.0)")
+    extra = TIMM_SETTINGS.get(torch_cls, {})
+    return torch_cls(params, **{TIMM_NAMES.get(k, k): v for k, v in hyper.items()}, **extra)
 
 
 def make_problem(device: str, dtype: str, seed: int = 0):
@@ -62,7 +91,7 @@ def test_optimizer_tracks_torch_for_25_steps(device: str, dtype: str, case: str)
         for i, layer in enumerate(layers):
             layer.weight.copy_(torch.from_numpy(w[2 * i].T.astype(np.float64)))
             layer.bias.copy_(torch.from_numpy(w[2 * i + 1].astype(np.float64)))
-    torch_opt = torch_cls([p for layer in layers for p in layer.parameters()], **hyper)
+    torch_opt = torch_optimizer(torch_cls, [p for layer in layers for p in layer.parameters()], hyper)
     x_t, y_t = torch.from_numpy(x.astype(np.float64)), torch.from_numpy(y)
 
     for step in range(25):
@@ -76,22 +105,28 @@ def test_optimizer_tracks_torch_for_25_steps(device: str, dtype: str, case: str)
     assert opt.step_count == 25
 
 
-@pytest.mark.parametrize("case", ["sgd_nesterov", "rmsprop_centered_momentum", "adam_amsgrad_wd"])
-def test_one_backend_call_per_step_and_padding_stays_zero(device: str, case: str, monkeypatch) -> None:
+@pytest.mark.parametrize(
+    "case", ["sgd_nesterov", "rmsprop_centered_momentum", "adam_amsgrad_wd", "lamb_wd", "lars_plain"]
+)
+def test_checks_once_one_backend_call_per_step_and_padding_stays_zero(device: str, case: str, monkeypatch) -> None:
     ours_cls, _, hyper = CASES[case]
     model, x, y = make_problem(device, "float64")
     opt = ours_cls(model.parameters(), **hyper)
     be = model.backend
-    # The optimizers call the backend's unchecked step (their buffers are valid by construction).
-    method = {nn.SGD: "_sgd_step_unchecked", nn.RMSprop: "_rmsprop_step_unchecked", nn.Adam: "_adam_step_unchecked"}[
-        ours_cls
-    ]
-    calls = []
-    original = getattr(be, method)
-    monkeypatch.setattr(be, method, lambda *a, **k: calls.append(1) or original(*a, **k))
+    # The optimizer binds the backend's checked entry point once, then calls the trusted step it returned.
+    binds, calls = [], []
+    original = be.optimizer_step
+
+    def counted_bind(*args, **kwargs):
+        binds.append(args[0])
+        step = original(*args, **kwargs)
+        return lambda *scalars: calls.append(1) or step(*scalars)
+
+    monkeypatch.setattr(be, "optimizer_step", counted_bind)
     loss_fn = nn.get_loss("categorical_crossentropy", device=device)
     for _ in range(3):
         train_step(model, loss_fn, opt, x, y)
+    assert binds == [ours_cls.rule]
     assert len(calls) == 3
     params = model.parameters()
     padding = np.ones(params.size, dtype=bool)
@@ -297,3 +332,67 @@ def test_a_zero_learning_rate_is_valid_as_in_torch(cls) -> None:
     for a, b in zip(model.get_weights(), before, strict=True):
         np.testing.assert_array_equal(a, b)
     assert nn.optimizer_from_config(opt.get_config(), model.parameters()).lr == 0.0
+
+
+@pytest.mark.parametrize("cls", [nn.AdamW, nn.LAMB, nn.LARS])
+def test_fit_steps_the_new_optimizers_from_python(cls) -> None:
+    """No compiled epoch knows AdamW, LAMB or LARS: epoch_plan returns None and fit runs per step."""
+    model, x, y = make_problem("cpu", "float64")
+    history = nn.fit(model, x, y, loss="categorical_crossentropy", optimizer=cls(model.parameters()), epochs=1)
+    assert history.params["epoch_path"] == "per-step"
+
+
+def _paper_lamb(p, g, m, v, t, lr, beta1, beta2, eps, wd):
+    """One LAMB step on one tensor, as You et al. (2019), Algorithm 2, with phi the identity."""
+    m, v = beta1 * m + (1 - beta1) * g, beta2 * v + (1 - beta2) * g * g
+    r = (m / (1 - beta1**t)) / (np.sqrt(v / (1 - beta2**t)) + eps) + wd * p
+    ratio = np.linalg.norm(p) / np.linalg.norm(r) if np.linalg.norm(p) and np.linalg.norm(r) else 1.0
+    return p - lr * ratio * r, m, v
+
+
+def _paper_lars(p, g, buf, lr, momentum, wd, trust, eps):
+    """One LARS step on one tensor, as You et al. (2017), Algorithm 1 (torch's momentum form)."""
+    local = trust * np.linalg.norm(p) / (np.linalg.norm(g) + wd * np.linalg.norm(p) + eps)
+    step = (g + wd * p) * (local if np.linalg.norm(p) and np.linalg.norm(g) else 1.0)
+    buf = step if buf is None else momentum * buf + step
+    return p - lr * buf, buf
+
+
+@pytest.mark.parametrize("cls", [nn.LAMB, nn.LARS])
+def test_lamb_and_lars_follow_the_papers_without_timm(device: str, cls) -> None:
+    """A float64 reference written from the papers, tensor by tensor (needs no timm)."""
+    model, x, y = make_problem(device, "float64")
+    hyper = {"lr": 0.02, "weight_decay": 0.03}
+    hyper.update(
+        {"betas": (0.8, 0.95), "eps": 1e-6} if cls is nn.LAMB else {"momentum": 0.9, "trust_coefficient": 0.05}
+    )
+    opt = cls(model.parameters(), **hyper)
+    loss_fn = nn.get_loss("categorical_crossentropy", device=device)
+    weights = [w.astype(np.float64) for w in model.get_weights()]
+    state = [(np.zeros_like(w), np.zeros_like(w)) for w in weights] if cls is nn.LAMB else [None] * len(weights)
+    for t in range(1, 6):
+        loss, dout = loss_fn(model.forward(x), y)
+        model.backward(dout, need_input_grad=False)
+        grads = [model.backend.to_numpy(g).astype(np.float64) for g in model.parameters().grad_views()]
+        opt.step()
+        for i, (w, g) in enumerate(zip(weights, grads, strict=True)):
+            if cls is nn.LAMB:
+                weights[i], *moments = _paper_lamb(w, g, *state[i], t, 0.02, 0.8, 0.95, 1e-6, 0.03)
+                state[i] = tuple(moments)
+            else:
+                weights[i], state[i] = _paper_lars(w, g, state[i], 0.02, 0.9, 0.03, 0.05, 1e-8)
+        for ours, theirs in zip(model.get_weights(), weights, strict=True):
+            np.testing.assert_allclose(ours, theirs, rtol=1e-9, atol=1e-12, err_msg=f"step {t}")
+
+
+def test_an_assignment_that_would_change_the_state_is_refused() -> None:
+    model, _, _ = make_problem("numpy", "float64")
+    adam, sgd = nn.Adam(model.parameters()), nn.SGD(model.parameters(), momentum=0.9)
+    with pytest.raises(ValueError, match=r"amsgrad=True would change the state Adam keeps \(exp_avg, exp_avg_sq\)"):
+        adam.amsgrad = True
+    with pytest.raises(ValueError, match="momentum=0.0 would change the state SGD keeps"):
+        sgd.momentum = 0.0
+    assert adam.amsgrad is False and sgd.momentum == 0.9  # unchanged
+    sgd.momentum = 0.5  # a momentum schedule keeps the buffer
+    adam.betas = (0.8, 0.9)
+    assert sgd.get_config()["momentum"] == 0.5 and adam.get_config()["betas"] == [0.8, 0.9]

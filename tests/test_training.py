@@ -280,7 +280,11 @@ def small():
         ({"validation_data": np.zeros((2, 2))}, ValueError, "must be a pair"),
         ({"metrics": ["auc"]}, ValueError, "Unknown metric 'auc'"),
         ({"loss": "mse", "metrics": ["accuracy"]}, ValueError, "'accuracy' compares class labels, but loss 'mse'"),
-        ({"optimizer": "adamw"}, ValueError, "Unknown optimizer 'adamw'"),
+        (
+            {"optimizer": "adagrad"},
+            ValueError,
+            "Unknown optimizer 'adagrad'; expected one of SGD, RMSprop, Adam, AdamW, LAMB, LARS",
+        ),
         ({"optimizer": 3}, TypeError, "optimizer must be a name"),
         ({"early_stopping": "val_loss"}, TypeError, "nn.EarlyStopping"),
         ({"early_stopping": EarlyStopping(monitor="val_loss")}, ValueError, "'val_loss', which is not logged"),

@@ -21,6 +21,7 @@ Conventions shared by every method:
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
@@ -38,6 +39,7 @@ from ..kernels.activation_codes import (
     SELU_SCALE,
     SOFTPLUS_THRESHOLD,
 )
+from . import optimizer_rules
 from .device import Device
 from .dtypes import FLOAT_DTYPES, resolve_dtype
 from .epoch_plan import EpochPlan, EpochTrainer
@@ -846,255 +848,80 @@ class Backend:
         return g * (gamma * inv_std)
 
     # -------------------------------------------------------------- optimizers
-    # Each step updates a flat parameter buffer in place with exactly the rule
-    # that torch.optim documents (single-tensor, non-maximising implementation).
 
-    def _check_optimizer_state(self, param: Array, grad: Array, **state: tuple[Array | None, bool]) -> None:
-        """Check that ``grad`` and each state buffer match ``param``'s dtype and shape.
+    def optimizer_step(
+        self, rule: str, param: Array, grad: Array, state: Sequence[Array | None], segments: Any = None
+    ) -> Callable[..., None]:
+        """Check an optimizer's flat buffers once and return its trusted step: ``step(*scalars)``.
 
-        ``state`` maps a buffer's name to ``(buffer, needed)``; a needed buffer must not be ``None``.
+        This is the one fast path of every optimizer. ``rule`` names a rule of
+        :mod:`fusednn.backends.optimizer_rules` (``"sgd"``, ``"rmsprop"``, ``"adam"``, ``"adamw"``,
+        ``"lamb"``, ``"lars"``); ``state`` lists its state buffers in the rule's order, ``None`` for
+        one its hyperparameters do not use; ``segments`` is the per-tensor rules' int64
+        ``(tensors, 2)`` table of each tensor's ``[start, stop)``. Each ``step(*scalars)`` updates
+        ``param`` and the state in place with the rule's scalars in the rule's order (flags as
+        ``bool``), and checks nothing: the caller keeps the buffers it passed here (never rebinds,
+        reshapes or frees them) and passes the rule's scalars, which is what :mod:`fusednn.nn.optim`'s
+        optimizers do. The checks run here, once per optimizer, not per step.
+
+        >>> import numpy as np, fusednn
+        >>> be = fusednn.backend("numpy")
+        >>> p, g = be.asarray(np.ones(3)), be.asarray(np.full(3, 0.5))
+        >>> step = be.optimizer_step("sgd", p, g, [None])
+        >>> step(0.1, 0.0, 1.0, 0.0, False, False, True)  # lr, momentum, 1 - dampening, weight decay, flags
+        >>> p.tolist()
+        [0.95, 0.95, 0.95]
 
         Raises:
-            ValueError: a needed buffer is ``None`` or a shape differs from ``param``'s.
-            TypeError: a dtype differs or is not float32/float64.
+            ValueError: unknown rule; a buffer of another shape or not C-contiguous; ``param`` not
+                1-D; ``segments`` missing for a per-tensor rule, given for another, or not rows of
+                ``0 <= start <= stop <= param.size``, in order and disjoint.
+            TypeError: a buffer of another dtype or backend.
         """
+        if rule not in optimizer_rules.RULES:
+            raise ValueError(f"Unknown optimizer rule {rule!r}; expected one of {', '.join(optimizer_rules.RULES)}")
         arrays = {"param": param, "grad": grad}
-        for name, (buffer, needed) in state.items():
-            if buffer is not None:
-                arrays[name] = buffer
-            elif needed:
-                raise ValueError(f"{name} is required by these hyperparameters but is None")
+        arrays.update({f"state[{i}]": a for i, a in enumerate(state) if a is not None})
         self._check_same_dtype(**arrays)
+        if param.ndim != 1:
+            raise ValueError(f"param must be the flat 1-D buffer, got shape {tuple(param.shape)}")
         for name, array in arrays.items():
             self._check_shape(array, param.shape, name)
+            if not array.flags.c_contiguous:
+                raise ValueError(f"{name} must be C-contiguous: the step updates it in place through flat loops")
+        return self._bind_optimizer(rule, param, grad, tuple(state), self._check_segments(rule, segments, param.size))
 
-    def sgd_step(
-        self,
-        param: Array,
-        grad: Array,
-        momentum_buffer: Array | None,
-        *,
-        lr: float,
-        momentum: float,
-        dampening: float,
-        nesterov: bool,
-        weight_decay: float,
-        first_step: bool,
-    ) -> None:
-        """One SGD step, as ``torch.optim.SGD``::
+    @staticmethod
+    def _check_segments(rule: str, segments: Any, size: int) -> np.ndarray | None:
+        if (segments is not None) != (rule in optimizer_rules.SEGMENTED):
+            need = "needs a" if segments is None else "takes no"
+            raise ValueError(f"Optimizer rule {rule!r} {need} segments table (each tensor's [start, stop))")
+        if segments is None:
+            return None
+        table = np.asarray(segments)
+        if table.dtype.kind not in "iu" or table.ndim != 2 or table.shape[1] != 2:
+            raise ValueError(f"segments must be an integer (tensors, 2) table, got {table.dtype} {table.shape}")
+        table = np.ascontiguousarray(table, dtype=np.int64)
+        bounds = table.reshape(-1)
+        if bounds.size and (bounds[0] < 0 or bounds[-1] > size or (np.diff(bounds) < 0).any()):
+            raise ValueError(f"segments must be ordered, disjoint [start, stop) rows within 0..{size}")
+        return table
 
-            g = grad + weight_decay * param
-            if momentum:  buf = g                                  (first step)
-                          buf = momentum * buf + (1 - dampening) * g  (later)
-                          g = g + momentum * buf if nesterov else buf
-            param -= lr * g
-
-        ``momentum_buffer`` may be ``None`` when ``momentum == 0``.
-        """
-        self._check_optimizer_state(param, grad, momentum_buffer=(momentum_buffer, bool(momentum)))
-        self._sgd_step_unchecked(
-            param,
-            grad,
-            momentum_buffer,
-            lr=lr,
-            momentum=momentum,
-            dampening=dampening,
-            nesterov=nesterov,
-            weight_decay=weight_decay,
-            first_step=first_step,
-        )
-
-    def _sgd_step_unchecked(
-        self,
-        param: Array,
-        grad: Array,
-        momentum_buffer: Array | None,
-        *,
-        lr: float,
-        momentum: float,
-        dampening: float,
-        nesterov: bool,
-        weight_decay: float,
-        first_step: bool,
-    ) -> None:
-        """:meth:`sgd_step` for buffers the caller guarantees valid."""
-        g = grad + weight_decay * param if weight_decay else grad
-        if momentum:
-            assert momentum_buffer is not None  # sgd_step checked it is given when momentum != 0
-            if first_step:
-                momentum_buffer[...] = g
-            else:
-                momentum_buffer *= momentum
-                momentum_buffer += (1 - dampening) * g
-            g = g + momentum * momentum_buffer if nesterov else momentum_buffer
-        param -= lr * g
-
-    def rmsprop_step(
-        self,
-        param: Array,
-        grad: Array,
-        square_avg: Array,
-        grad_avg: Array | None,
-        momentum_buffer: Array | None,
-        *,
-        lr: float,
-        alpha: float,
-        eps: float,
-        weight_decay: float,
-        momentum: float,
-        centered: bool,
-    ) -> None:
-        """One RMSprop step, as ``torch.optim.RMSprop`` (eps added outside the square root)::
-
-        g = grad + weight_decay * param
-        square_avg = alpha * square_avg + (1 - alpha) * g^2
-        avg = sqrt(square_avg - grad_avg^2) + eps, grad_avg = alpha * grad_avg + (1 - alpha) * g  (centered)
-        avg = sqrt(square_avg) + eps                                                            (otherwise)
-        buf = momentum * buf + g / avg; param -= lr * buf   (momentum > 0)
-        param -= lr * g / avg                               (otherwise)
-        """
-        self._check_optimizer_state(
-            param,
-            grad,
-            square_avg=(square_avg, True),
-            grad_avg=(grad_avg, centered),
-            momentum_buffer=(momentum_buffer, momentum > 0),
-        )
-        self._rmsprop_step_unchecked(
-            param,
-            grad,
-            square_avg,
-            grad_avg,
-            momentum_buffer,
-            lr=lr,
-            alpha=alpha,
-            eps=eps,
-            weight_decay=weight_decay,
-            momentum=momentum,
-            centered=centered,
-        )
-
-    def _rmsprop_step_unchecked(
-        self,
-        param: Array,
-        grad: Array,
-        square_avg: Array,
-        grad_avg: Array | None,
-        momentum_buffer: Array | None,
-        *,
-        lr: float,
-        alpha: float,
-        eps: float,
-        weight_decay: float,
-        momentum: float,
-        centered: bool,
-    ) -> None:
-        """:meth:`rmsprop_step` for buffers the caller guarantees valid."""
-        xp = self.xp
-        g = grad + weight_decay * param if weight_decay else grad
-        square_avg *= alpha
-        square_avg += (1 - alpha) * g * g
-        if centered:
-            assert grad_avg is not None  # rmsprop_step checked it is given when centered
-            grad_avg *= alpha
-            grad_avg += (1 - alpha) * g
-            avg = xp.sqrt(square_avg - grad_avg * grad_avg) + eps
-        else:
-            avg = xp.sqrt(square_avg) + eps
-        if momentum > 0:
-            assert momentum_buffer is not None  # rmsprop_step checked it is given when momentum > 0
-            momentum_buffer *= momentum
-            momentum_buffer += g / avg
-            param -= lr * momentum_buffer
-        else:
-            param -= lr * (g / avg)
-
-    def adam_step(
-        self,
-        param: Array,
-        grad: Array,
-        exp_avg: Array,
-        exp_avg_sq: Array,
-        max_exp_avg_sq: Array | None,
-        *,
-        lr: float,
-        beta1: float,
-        beta2: float,
-        eps: float,
-        weight_decay: float,
-        amsgrad: bool,
-        step: int,
-    ) -> None:
-        """One Adam step, as ``torch.optim.Adam``; ``step`` counts from 1::
-
-            g = grad + weight_decay * param
-            exp_avg = exp_avg + (1 - beta1) * (g - exp_avg)
-            exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * g^2
-            v = max(max_exp_avg_sq, exp_avg_sq) (amsgrad, stored back) else exp_avg_sq
-            param -= lr / (1 - beta1^step) * exp_avg / (sqrt(v) / sqrt(1 - beta2^step) + eps)
-
-        The bias corrections are computed once on the host in float64.
-        """
-        self._check_optimizer_state(
-            param,
-            grad,
-            exp_avg=(exp_avg, True),
-            exp_avg_sq=(exp_avg_sq, True),
-            max_exp_avg_sq=(max_exp_avg_sq, amsgrad),
-        )
-        self._adam_step_unchecked(
-            param,
-            grad,
-            exp_avg,
-            exp_avg_sq,
-            max_exp_avg_sq,
-            lr=lr,
-            beta1=beta1,
-            beta2=beta2,
-            eps=eps,
-            weight_decay=weight_decay,
-            amsgrad=amsgrad,
-            step=step,
-        )
-
-    def _adam_step_unchecked(
-        self,
-        param: Array,
-        grad: Array,
-        exp_avg: Array,
-        exp_avg_sq: Array,
-        max_exp_avg_sq: Array | None,
-        *,
-        lr: float,
-        beta1: float,
-        beta2: float,
-        eps: float,
-        weight_decay: float,
-        amsgrad: bool,
-        step: int,
-    ) -> None:
-        """:meth:`adam_step` for buffers the caller guarantees valid."""
-        step_size, bias_correction2_sqrt = adam_scalars(lr, beta1, beta2, step)
-        xp = self.xp
-        g = grad + weight_decay * param if weight_decay else grad
-        exp_avg += (1 - beta1) * (g - exp_avg)
-        exp_avg_sq *= beta2
-        exp_avg_sq += (1 - beta2) * g * g
-        if amsgrad:
-            xp.maximum(max_exp_avg_sq, exp_avg_sq, out=max_exp_avg_sq)
-            v = max_exp_avg_sq
-        else:
-            v = exp_avg_sq
-        param -= step_size * (exp_avg / (xp.sqrt(v) / bias_correction2_sqrt + eps))
+    def _bind_optimizer(
+        self, rule: str, param: Array, grad: Array, state: tuple[Array | None, ...], segments: np.ndarray | None
+    ) -> Callable[..., None]:
+        """:meth:`optimizer_step` after its checks: the reference rule, bound to the buffers."""
+        bound = (param, grad, *state) if segments is None else (param, grad, *state, segments)
+        return functools.partial(optimizer_rules.RULES[rule], self.xp, *bound)
 
     # ----------------------------------------------------- unchecked fast paths
-    # The activations, the dense layer, the loss and the optimizer steps above check their
+    # The activations, the dense layer and the loss above check their
     # operands and then call their ``_*_unchecked`` twin, which does the work: backends override
-    # the twin, so the checks live here once. nn's models and optimizers call the twins directly,
-    # once per layer or update in every training step, and only where nn has itself established
+    # the twin, so the checks live here once. nn's models call the twins directly,
+    # once per layer in every training step, and only where nn has itself established
     # everything the public method would check: each operand is a C-contiguous array of this
-    # backend in the model's dtype with the documented shapes (parameters, gradients and optimizer
-    # state are nn's own flat buffers and views of them; inputs are checked once where they enter
+    # backend in the model's dtype with the documented shapes (parameters and gradients are
+    # nn's own flat buffers and views of them; inputs are checked once where they enter
     # the model), and the activation name is valid. The CPU backend's public dense methods also
     # make strided operands contiguous before calling the twin, which nn's buffers never need.
 

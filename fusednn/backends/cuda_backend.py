@@ -39,7 +39,7 @@ import numpy as np
 
 from ..kernels.activation_codes import ACTIVATION_CODES
 from ..kernels.cuda.launch import KernelLauncher, bias_grad_rows_per_chunk
-from .base import Array, Backend, adam_scalars
+from .base import Array, Backend
 from .cuda_capturable_gemm import load_cublas
 from .cuda_graphs import graph_trainer
 from .cuda_runtime import require_device
@@ -144,7 +144,7 @@ class CudaBackend(Backend):
 
     def epoch_trainer(self, plan: EpochPlan) -> EpochTrainer | None:
         """Replayed CUDA graphs, one per kind of training step (:mod:`.cuda_graphs`), for stacks of dense layers
-        with every built-in activation, loss and optimizer; ``None`` otherwise.
+        with every built-in activation and loss and SGD, RMSprop or Adam; ``None`` otherwise (AdamW, LAMB, LARS).
 
         The float32 GEMMs in the graphs use the :func:`set_matmul_precision` in force when this is called.
         """
@@ -442,120 +442,61 @@ class CudaBackend(Backend):
         return row_loss.sum() / rows, grad
 
     # -------------------------------------------------------------- optimizers
-    # The public steps (base class) check their operands and call these.
-    # One launch per step over the flat buffer. A buffer the hyperparameters do
-    # not use is never read by the kernel, so ``param`` stands in for it.
-    # Strided parameters or state go through contiguous copies written back after.
 
-    def _sgd_step_unchecked(
-        self,
-        param: Array,
-        grad: Array,
-        momentum_buffer: Array | None,
-        *,
-        lr: float,
-        momentum: float,
-        dampening: float,
-        nesterov: bool,
-        weight_decay: float,
-        first_step: bool,
-    ) -> None:
-        """One fused ``torch.optim.SGD`` step (rule in the base class)."""
-        with self._updated_in_place(param, momentum_buffer) as (param_c, buffer_c):
-            self._launch(
-                "sgd_step",
-                param.dtype,
-                param.size,
-                param_c,
-                self._contiguous(grad),
-                param_c if buffer_c is None else buffer_c,
-                param.size,
-                lr,
-                momentum,
-                1.0 - dampening,
-                weight_decay,
-                bool(momentum),
-                bool(nesterov),
-                bool(first_step),
-            )
+    def _bind_optimizer(
+        self, rule: str, param: Array, grad: Array, state: tuple[Array | None, ...], segments: np.ndarray | None
+    ) -> Callable[..., None]:
+        """The rule's kernel ``<rule>_step`` (``optimizers.cu``) bound to the buffers: one launch per step.
 
-    def _rmsprop_step_unchecked(
-        self,
-        param: Array,
-        grad: Array,
-        square_avg: Array,
-        grad_avg: Array | None,
-        momentum_buffer: Array | None,
-        *,
-        lr: float,
-        alpha: float,
-        eps: float,
-        weight_decay: float,
-        momentum: float,
-        centered: bool,
-    ) -> None:
-        """One fused ``torch.optim.RMSprop`` step (rule in the base class)."""
-        with self._updated_in_place(param, square_avg, grad_avg, momentum_buffer) as staged:
-            param_c, square_avg_c, grad_avg_c, momentum_buffer_c = staged
-            self._launch(
-                "rmsprop_step",
-                param.dtype,
-                param.size,
-                param_c,
-                self._contiguous(grad),
-                square_avg_c,
-                param_c if grad_avg_c is None else grad_avg_c,
-                param_c if momentum_buffer_c is None else momentum_buffer_c,
-                param.size,
-                lr,
-                alpha,
-                1.0 - alpha,
-                eps,
-                weight_decay,
-                momentum,
-                bool(centered),
-                momentum > 0,
-            )
+        An unused state buffer is never read by the kernel, so ``param`` stands in for it. A per-tensor
+        rule (LAMB, LARS) launches ``<rule>_norms`` then ``<rule>_step`` over the lanes of
+        :func:`segment_lanes`, with a float64 buffer of two partial sums per lane.
+        """
+        launch, dtype, n = self._launch, param.dtype, param.size
+        buffers = (param, grad, *(param if a is None else a for a in state))
+        if segments is None:
+            kernel = f"{rule}_step"
 
-    def _adam_step_unchecked(
-        self,
-        param: Array,
-        grad: Array,
-        exp_avg: Array,
-        exp_avg_sq: Array,
-        max_exp_avg_sq: Array | None,
-        *,
-        lr: float,
-        beta1: float,
-        beta2: float,
-        eps: float,
-        weight_decay: float,
-        amsgrad: bool,
-        step: int,
-    ) -> None:
-        """One fused ``torch.optim.Adam`` step; bias corrections come from :func:`adam_scalars` in float64."""
-        step_size, bias_correction2_sqrt = adam_scalars(lr, beta1, beta2, step)
-        with self._updated_in_place(param, exp_avg, exp_avg_sq, max_exp_avg_sq) as staged:
-            param_c, exp_avg_c, exp_avg_sq_c, max_exp_avg_sq_c = staged
-            self._launch(
-                "adam_step",
-                param.dtype,
-                param.size,
-                param_c,
-                self._contiguous(grad),
-                exp_avg_c,
-                exp_avg_sq_c,
-                param_c if max_exp_avg_sq_c is None else max_exp_avg_sq_c,
-                param.size,
-                step_size,
-                bias_correction2_sqrt,
-                1.0 - beta1,
-                beta2,
-                1.0 - beta2,
-                eps,
-                weight_decay,
-                bool(amsgrad),
-            )
+            def step(*scalars: float | bool) -> None:
+                with self._on_device():
+                    launch(kernel, dtype, n, *buffers, n, *scalars)
+
+            return step
+        lanes = segment_lanes(segments)
+        count = lanes.shape[0]
+        with self._on_device():
+            lane_buffers = (*buffers, self.xp.asarray(lanes), self.xp.zeros(2 * count, dtype=np.float64), count)
+        norms, update = f"{rule}_norms", f"{rule}_step"
+
+        def segmented_step(*scalars: float | bool) -> None:
+            with self._on_device():
+                launch(norms, dtype, count, *lane_buffers, *scalars)
+                launch(update, dtype, count, *lane_buffers, *scalars)
+
+        return segmented_step
+
+
+LANE_ELEMENTS = 16
+"""Elements per lane that :func:`segment_lanes` aims for (at most :data:`MAX_LANES` lanes per tensor)."""
+
+MAX_LANES = 256
+"""Most lanes per tensor: each lane of the second launch sums its tensor's partials, so lanes^2 reads per tensor."""
+
+
+def segment_lanes(segments: np.ndarray) -> np.ndarray:
+    """The int64 ``(lanes, 4)`` work table ``[start, stop, first, lanes]`` of the per-tensor CUDA kernels.
+
+    Tensor ``[start, stop)`` gets ``clip((stop - start) // 16, 1, 256)`` lanes (an empty one none);
+    ``first`` is the row of its first lane.
+
+    >>> segment_lanes(np.array([[0, 40], [64, 65]])).tolist()
+    [[0, 40, 0, 2], [0, 40, 0, 2], [64, 65, 2, 1]]
+    """
+    rows: list[list[int]] = []
+    for start, stop in segments.tolist():
+        count = min(max((stop - start) // LANE_ELEMENTS, 1), MAX_LANES) if stop > start else 0
+        rows += [[start, stop, len(rows), count]] * count
+    return np.array(rows, dtype=np.int64).reshape(-1, 4)
 
 
 def _run_on_device(method: Callable[..., Any]) -> Callable[..., Any]:

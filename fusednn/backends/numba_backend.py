@@ -42,7 +42,7 @@ from scipy.special import erf
 
 from ..kernels.activation_codes import ACTIVATION_CODES
 from ..kernels.cpu import activations, dense, layers, losses, optim
-from .base import Array, Backend, adam_scalars, check_activation
+from .base import Array, Backend, check_activation
 from .cpu_epoch import compile_plan
 from .device import Device
 from .epoch_plan import EpochPlan, EpochTrainer
@@ -54,6 +54,8 @@ if "NUMBA_THREADING_LAYER" not in os.environ:
 
 PARALLEL_MIN_ELEMENTS = 4_000_000
 """Kernels over at least this many elements run on Numba's threads; smaller ones run serially.
+
+The optimizer kernels always run serially: on this VM two threads gained 6% at 8e6 parameters.
 
 Measured on the 2-core development VM (workqueue layer, float32, median µs; serial vs 2 threads):
 an Adam step over 1e6 / 2e6 / 4e6 / 8e6 parameters took 582 vs 881, 1107 vs 1683, 2308 vs 2786 and
@@ -100,7 +102,8 @@ class NumbaBackend(Backend):
 
     def epoch_trainer(self, plan: EpochPlan) -> EpochTrainer | None:
         """One Numba call per epoch (:mod:`fusednn.kernels.cpu.epoch`) for stacks of dense layers with any
-        activation, loss and optimizer fusednn offers; ``None`` for anything else (see :meth:`Backend.epoch_trainer`).
+        activation and loss fusednn offers and SGD, RMSprop or Adam; ``None`` for anything else, e.g. AdamW, LAMB
+        and LARS (see :meth:`Backend.epoch_trainer`).
         """
         return compile_plan(plan)
 
@@ -276,182 +279,22 @@ class NumbaBackend(Backend):
 
     # -------------------------------------------------------------- optimizers
 
-    @staticmethod
-    def _flat_state(*arrays: Array | None) -> list[Array | None] | None:
-        """1-D views of the parameter, gradient and state buffers (``None`` stays ``None``), or ``None``
-        when one is not C-contiguous and cannot be updated in place through a flat view."""
-        flat: list[Array | None] = []
-        for a in arrays:  # a plain loop: this runs in every training step, and generators cost a microsecond here
-            if a is not None and not a.flags.c_contiguous:
-                return None
-            flat.append(a if a is None or a.ndim == 1 else a.reshape(-1))
-        return flat
+    def _bind_optimizer(
+        self, rule: str, param: Array, grad: Array, state: tuple[Array | None, ...], segments: np.ndarray | None
+    ) -> Callable[..., None]:
+        """The rule's fused kernel (:mod:`fusednn.kernels.cpu.optim`, one serial loop) bound to the buffers.
 
-    @staticmethod
-    def _or_empty(buffer: Array | None, like: Array) -> Array:
-        """``buffer``, or for an unused (``None``) one an empty placeholder of ``like``'s dtype: kernels take arrays."""
-        return np.empty(0, dtype=like.dtype) if buffer is None else buffer
-
-    def _sgd_step_unchecked(
-        self,
-        param: Array,
-        grad: Array,
-        momentum_buffer: Array | None,
-        *,
-        lr: float,
-        momentum: float,
-        dampening: float,
-        nesterov: bool,
-        weight_decay: float,
-        first_step: bool,
-    ) -> None:
-        """One fused SGD step (one loop over the flat buffers); the rule is :meth:`Backend.sgd_step`'s."""
-        flat = self._flat_state(param, np.ascontiguousarray(grad), momentum_buffer if momentum else None)
-        if flat is None:  # strided parameters or state: the reference updates them in place
-            return super()._sgd_step_unchecked(
-                param,
-                grad,
-                momentum_buffer,
-                lr=lr,
-                momentum=momentum,
-                dampening=dampening,
-                nesterov=nesterov,
-                weight_decay=weight_decay,
-                first_step=first_step,
-            )
-        flat_param, flat_grad, flat_buf = flat
-        dt = param.dtype.type
-        self._launch(
-            optim.sgd,
-            optim.sgd_parallel,
-            param.size,
-            param.size,
-            flat_param,
-            flat_grad,
-            self._or_empty(flat_buf, param),
-            dt(lr),
-            dt(momentum),
-            dt(1.0 - dampening),
-            bool(nesterov),
-            dt(weight_decay),
-            bool(first_step),
-        )
-
-    def _rmsprop_step_unchecked(
-        self,
-        param: Array,
-        grad: Array,
-        square_avg: Array,
-        grad_avg: Array | None,
-        momentum_buffer: Array | None,
-        *,
-        lr: float,
-        alpha: float,
-        eps: float,
-        weight_decay: float,
-        momentum: float,
-        centered: bool,
-    ) -> None:
-        """One fused RMSprop step (one loop over the flat buffers); the rule is :meth:`Backend.rmsprop_step`'s."""
-        flat = self._flat_state(
-            param,
-            np.ascontiguousarray(grad),
-            square_avg,
-            grad_avg if centered else None,
-            momentum_buffer if momentum > 0 else None,
-        )
-        if flat is None:  # strided parameters or state: the reference updates them in place
-            return super()._rmsprop_step_unchecked(
-                param,
-                grad,
-                square_avg,
-                grad_avg,
-                momentum_buffer,
-                lr=lr,
-                alpha=alpha,
-                eps=eps,
-                weight_decay=weight_decay,
-                momentum=momentum,
-                centered=centered,
-            )
-        flat_param, flat_grad, flat_square_avg, flat_grad_avg, flat_buf = flat
-        dt = param.dtype.type
-        self._launch(
-            optim.rmsprop,
-            optim.rmsprop_parallel,
-            param.size,
-            param.size,
-            flat_param,
-            flat_grad,
-            flat_square_avg,
-            self._or_empty(flat_grad_avg, param),
-            self._or_empty(flat_buf, param),
-            dt(lr),
-            dt(alpha),
-            dt(1.0 - alpha),
-            dt(eps),
-            dt(weight_decay),
-            dt(momentum),
-            bool(centered),
-        )
-
-    def _adam_step_unchecked(
-        self,
-        param: Array,
-        grad: Array,
-        exp_avg: Array,
-        exp_avg_sq: Array,
-        max_exp_avg_sq: Array | None,
-        *,
-        lr: float,
-        beta1: float,
-        beta2: float,
-        eps: float,
-        weight_decay: float,
-        amsgrad: bool,
-        step: int,
-    ) -> None:
-        """One fused Adam step (one loop over the flat buffers); the rule is :meth:`Backend.adam_step`'s.
-
-        The bias corrections are computed on the host in float64 and passed as scalars of the parameter dtype.
+        Each step casts its scalars to the parameter dtype (flags stay ``bool``), so a float32 model
+        computes in float32 and the kernel has one specialisation per dtype.
         """
-        flat = self._flat_state(
-            param, np.ascontiguousarray(grad), exp_avg, exp_avg_sq, max_exp_avg_sq if amsgrad else None
-        )
-        if flat is None:  # strided parameters or state: the reference updates them in place
-            return super()._adam_step_unchecked(
-                param,
-                grad,
-                exp_avg,
-                exp_avg_sq,
-                max_exp_avg_sq,
-                lr=lr,
-                beta1=beta1,
-                beta2=beta2,
-                eps=eps,
-                weight_decay=weight_decay,
-                amsgrad=amsgrad,
-                step=step,
-            )
-        flat_param, flat_grad, flat_exp_avg, flat_exp_avg_sq, flat_max = flat
-        step_size, bias_correction2_sqrt = adam_scalars(lr, beta1, beta2, step)
-        dt = param.dtype.type
-        self._launch(
-            optim.adam,
-            optim.adam_parallel,
-            param.size,
-            param.size,
-            flat_param,
-            flat_grad,
-            flat_exp_avg,
-            flat_exp_avg_sq,
-            self._or_empty(flat_max, param),
-            dt(1.0 - beta1),
-            dt(beta2),
-            dt(1.0 - beta2),
-            dt(eps),
-            dt(weight_decay),
-            bool(amsgrad),
-            dt(step_size),
-            dt(bias_correction2_sqrt),
-        )
+        kernel: Callable[..., None] = getattr(optim, rule)
+        empty = np.empty(0, dtype=param.dtype)  # the kernels take arrays: an unused buffer is empty
+        buffers = (param, grad, *(empty if a is None else a for a in state))
+        if segments is not None:
+            buffers = (*buffers, segments)
+        cast = param.dtype.type
+
+        def step(*scalars: float | bool) -> None:
+            kernel(*buffers, *[s if s.__class__ is bool else cast(s) for s in scalars])
+
+        return step

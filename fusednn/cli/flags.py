@@ -166,8 +166,13 @@ def build_parsers(description: str) -> tuple[argparse.ArgumentParser, argparse.A
         default=2e-3,
         help="learning rate; with --lr-scaling linear, the rate for a batch of 256 rows",
     )
-    opt.add_argument("--momentum", type=_non_negative_float, default=None, help="momentum for sgd/rmsprop")
-    opt.add_argument("--weight-decay", type=_non_negative_float, default=0.0, help="L2 weight decay in the optimizer")
+    opt.add_argument("--momentum", type=_non_negative_float, default=None, help="momentum for sgd/rmsprop/lars")
+    opt.add_argument(
+        "--weight-decay",
+        type=_non_negative_float,
+        default=0.0,
+        help="weight decay in the optimizer (L2 in the gradient; decoupled for adamw)",
+    )
     opt.add_argument("--epochs", type=_positive_int, default=20, help="epochs in total (a resumed run finishes these)")
     opt.add_argument("--batch-size", type=_positive_int, default=64, help="rows per (micro-)batch")
     opt.add_argument("--accumulate", type=_positive_int, default=1, help="micro-batches per optimizer step")

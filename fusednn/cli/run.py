@@ -97,8 +97,8 @@ def _check_flags(settings: argparse.Namespace) -> None:
         or Path(settings.data).suffix.lower() in (".csv", ".npy", ".npz")
     ):
         problem = "--labels goes with an IDX images file given to --data"
-    elif settings.momentum is not None and settings.optimizer == "adam":
-        problem = "--momentum applies to sgd and rmsprop, not adam"
+    elif settings.momentum is not None and settings.optimizer in ("adam", "adamw", "lamb"):
+        problem = f"--momentum applies to sgd, rmsprop and lars, not {settings.optimizer}"
     if problem:
         raise CommandError(ExitStatus.USAGE, problem)
 

@@ -28,7 +28,7 @@ from .losses import (
     get_loss,
 )
 from .model import MLP, Sequential
-from .optim import OPTIMIZERS, SGD, Adam, Optimizer, RMSprop, get_optimizer, optimizer_from_config
+from .optim import LAMB, LARS, OPTIMIZERS, SGD, Adam, AdamW, Optimizer, RMSprop, get_optimizer, optimizer_from_config
 from .parameters import ALIGNMENT, Parameters
 from .training import EPOCH_PATHS, evaluate, fit
 
@@ -36,12 +36,15 @@ __all__ = [
     "ALIGNMENT",
     "EPOCH_PATHS",
     "INITIALIZERS",
+    "LAMB",
+    "LARS",
     "LAYERS",
     "LOSSES",
     "MLP",
     "OPTIMIZERS",
     "SGD",
     "Adam",
+    "AdamW",
     "BatchNorm",
     "BinaryCrossentropy",
     "CategoricalCrossentropy",

@@ -188,25 +188,17 @@ def _optimizer_update(
 ) -> None:
     """One update with the optimizer ``code``; ``hyper`` and the states are laid out as in :func:`train_epoch`."""
     if code == SGD:
-        sgd(params, grads, state0, rate, hyper[0], hyper[1], flag, hyper[2], first_step)
+        sgd(params, grads, state0, rate, hyper[0], hyper[1], hyper[2], hyper[0] != 0, flag, first_step)
     elif code == RMSPROP:
-        rmsprop(params, grads, state0, state1, state2, rate, hyper[0], hyper[1], hyper[2], hyper[3], hyper[4], flag)
+        rmsprop(
+            params, grads, state0, state1, state2, rate, hyper[0], hyper[1], hyper[2], hyper[3], hyper[4], flag,
+            hyper[4] > 0,
+        )  # fmt: skip
     else:
         adam(
-            params,
-            grads,
-            state0,
-            state1,
-            state2,
-            hyper[0],
-            hyper[1],
-            hyper[2],
-            hyper[3],
-            hyper[4],
-            flag,
-            rate,
-            bias_correction2_sqrt,
-        )
+            params, grads, state0, state1, state2, rate, bias_correction2_sqrt, hyper[0], hyper[1], hyper[2],
+            hyper[3], hyper[4], flag,
+        )  # fmt: skip
 
 
 @njit(**_JIT)

@@ -13,6 +13,7 @@ and :mod:`.step_codes`.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,81 +98,44 @@ class KernelSpec:
         """The instantiation's name for NVRTC, e.g. ``"adam_step<float>"``."""
         return f"{self.name}<{C_TYPES[np.dtype(dtype)]}>"
 
-    def scheduled(self, host_scalars: tuple[str, ...]) -> KernelSpec:
-        """The ``<name>_scheduled`` twin of an optimizer step that reads ``host_scalars`` from a device vector.
 
-        The first of ``host_scalars`` becomes the parameter ``const T* scalars``, the others
-        are dropped (the kernel reads them from the same vector); see ``optimizers.cu``.
-        """
-        names = [name for _, name in self.params]
-        missing = set(host_scalars) - set(names)
-        if missing or not host_scalars:
-            raise ValueError(f"{self.name} has no parameters {sorted(missing)}")
-        params = [
-            ("const T*", "scalars") if name == host_scalars[0] else (ctype, name)
-            for ctype, name in self.params
-            if name == host_scalars[0] or name not in host_scalars
-        ]
-        return KernelSpec(f"{self.name}_scheduled", self.source, tuple(params))
+def source_path(source: str) -> Path:
+    """Path of one ``.cu`` file.
+
+    Raises:
+        ValueError: ``source`` is not one of :data:`SOURCE_FILES`.
+    """
+    if source not in SOURCE_FILES:
+        raise ValueError(f"Unknown CUDA source {source!r}; expected one of {SOURCE_FILES}")
+    return SOURCE_DIR / source
 
 
-_SGD = KernelSpec(
-    "sgd_step",
-    "optimizers.cu",
-    (
-        ("T*", "param"),
-        ("const T*", "grad"),
-        ("T*", "momentum_buffer"),
-        ("long long", "n"),
-        ("T", "lr"),
-        ("T", "momentum"),
-        ("T", "one_minus_dampening"),
-        ("T", "weight_decay"),
-        ("int", "use_momentum"),
-        ("int", "nesterov"),
-        ("int", "first_step"),
-    ),
-)
-_RMSPROP = KernelSpec(
-    "rmsprop_step",
-    "optimizers.cu",
-    (
-        ("T*", "param"),
-        ("const T*", "grad"),
-        ("T*", "square_avg"),
-        ("T*", "grad_avg"),
-        ("T*", "momentum_buffer"),
-        ("long long", "n"),
-        ("T", "lr"),
-        ("T", "alpha"),
-        ("T", "one_minus_alpha"),
-        ("T", "eps"),
-        ("T", "weight_decay"),
-        ("T", "momentum"),
-        ("int", "centered"),
-        ("int", "use_momentum"),
-    ),
-)
-_ADAM = KernelSpec(
-    "adam_step",
-    "optimizers.cu",
-    (
-        ("T*", "param"),
-        ("const T*", "grad"),
-        ("T*", "exp_avg"),
-        ("T*", "exp_avg_sq"),
-        ("T*", "max_exp_avg_sq"),
-        ("long long", "n"),
-        ("T", "step_size"),
-        ("T", "bias_correction2_sqrt"),
-        ("T", "one_minus_beta1"),
-        ("T", "beta2"),
-        ("T", "one_minus_beta2"),
-        ("T", "eps"),
-        ("T", "weight_decay"),
-        ("int", "amsgrad"),
-    ),
-)
+def source_text(source: str) -> str:
+    """The CUDA C text of one ``.cu`` file."""
+    return source_path(source).read_text(encoding="utf-8")
+
+
+_KERNEL_SIGNATURE = re.compile(r"template <typename T>\s*__global__ void (\w+)\(([^)]*)\)")
+
+
+def specs_in_source(source: str) -> tuple[KernelSpec, ...]:
+    """The ``__global__`` templates of ``source``, with the parameters as the ``.cu`` file writes them.
+
+    ``optimizers.cu`` is read this way, so adding an optimizer's kernel needs no table entry: its
+    signature is written once, in the kernel itself.
+
+    >>> [spec.name for spec in specs_in_source("optimizers.cu")][:2]
+    ['sgd_step', 'sgd_step_scheduled']
+    """
+    specs = []
+    for name, params in _KERNEL_SIGNATURE.findall(source_text(source)):
+        pairs = []
+        for param in params.split(","):
+            ctype, _, pname = " ".join(param.split()).rpartition(" ")
+            pairs.append((ctype.replace(" *", "*"), pname))
+        specs.append(KernelSpec(name, source, tuple(pairs)))
+    return tuple(specs)
+
 
 _LAYERS = "layers.cu"
 _BATCHNORM_SHAPE = (("long long", "rows"), ("long long", "cols"))
@@ -259,12 +223,7 @@ KERNELS: dict[str, KernelSpec] = {
                 ("T", "inv_n"),
             ),
         ),
-        _SGD,
-        _RMSPROP,
-        _ADAM,
-        _SGD.scheduled(("lr", "first_step")),
-        _RMSPROP.scheduled(("lr",)),
-        _ADAM.scheduled(("step_size", "bias_correction2_sqrt")),
+        *specs_in_source("optimizers.cu"),
         KernelSpec(
             "gemm",
             _STEP,
@@ -432,22 +391,6 @@ KERNELS: dict[str, KernelSpec] = {
     )
 }
 """Every kernel the backend launches, by name."""
-
-
-def source_path(source: str) -> Path:
-    """Path of one ``.cu`` file.
-
-    Raises:
-        ValueError: ``source`` is not one of :data:`SOURCE_FILES`.
-    """
-    if source not in SOURCE_FILES:
-        raise ValueError(f"Unknown CUDA source {source!r}; expected one of {SOURCE_FILES}")
-    return SOURCE_DIR / source
-
-
-def source_text(source: str) -> str:
-    """The CUDA C text of one ``.cu`` file."""
-    return source_path(source).read_text(encoding="utf-8")
 
 
 def kernels_in(source: str) -> list[KernelSpec]:
