@@ -535,3 +535,21 @@ def test_train_and_eval_switch_the_mode_forward_uses() -> None:
     assert model.train() is model and model.training
     with pytest.raises(TypeError, match="True or False"):
         model.train("yes")
+
+
+def test_early_stopping_restores_the_running_statistics_of_the_best_epoch() -> None:
+    # mode="max" on the training loss makes the first epoch the best one (the loss falls after it).
+    rng = np.random.default_rng(5)
+    x, y = rng.normal(size=(64, 3)) * 3 + 1, rng.integers(0, 2, 64)
+
+    def model() -> nn.Sequential:
+        return nn.Sequential([nn.Dense(3, 4), nn.BatchNorm(4), nn.Dense(4, 2)], device="cpu", dtype="float64", seed=0)
+
+    one_epoch = model()
+    nn.fit(one_epoch, x, y, lr=0.05, epochs=1, batch_size=16, progress=False)
+    stopped = model()
+    stopper = nn.EarlyStopping(monitor="loss", mode="max", patience=5)
+    history = nn.fit(stopped, x, y, lr=0.05, epochs=3, batch_size=16, early_stopping=stopper, progress=False)
+    assert stopper.best_epoch == 0 and history.history["loss"][2] < history.history["loss"][0]
+    for name, value in one_epoch.state_dict().items():
+        np.testing.assert_array_equal(stopped.state_dict()[name], value, err_msg=name)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -118,7 +119,8 @@ class EarlyStopping:
         patience: epochs without improvement to tolerate before stopping.
         mode: ``"min"``, ``"max"`` or ``"auto"`` (max for accuracy/precision/recall/F1, else min).
         min_delta: the least change that counts as an improvement.
-        restore_best_weights: copy back the parameters of the best epoch when stopping or finishing.
+        restore_best_weights: copy back the parameters of the best epoch when stopping or finishing,
+            and the layers' buffers with them (a batch norm's running statistics of that epoch).
 
     After :func:`fit`, :attr:`best`, :attr:`best_epoch` and :attr:`stopped_epoch`
     (``None`` if training ran to the end) describe what happened.
@@ -158,7 +160,7 @@ class EarlyStopping:
         self.best_epoch: int | None = None
         self.stopped_epoch: int | None = None
         self._wait = 0
-        self._best_weights: Array | None = None
+        self._best_state: list[Array] | None = None
 
     def _improved(self, value: float) -> bool:
         if not math.isfinite(value):
@@ -169,8 +171,11 @@ class EarlyStopping:
             return value < self.best - self.min_delta
         return value > self.best + self.min_delta
 
-    def _update(self, epoch: int, logs: dict[str, float], params_data: Array) -> bool:
-        """Record the epoch's value; return True when training should stop."""
+    def _update(self, epoch: int, logs: dict[str, float], state: Sequence[Array]) -> bool:
+        """Record the epoch's value; return True when training should stop.
+
+        ``state``: the arrays to restore, the flat parameters then the layers' buffers.
+        """
         if self.monitor not in logs:
             raise ValueError(f"EarlyStopping monitors {self.monitor!r}, which is not logged; logged: {sorted(logs)}")
         value = logs[self.monitor]
@@ -179,7 +184,7 @@ class EarlyStopping:
         if self._improved(value):
             self.best, self.best_epoch, self._wait = value, epoch, 0
             if self.restore_best_weights:
-                self._best_weights = params_data.copy()  # a device-side copy; nothing crosses to the host
+                self._best_state = [a.copy() for a in state]  # device-side copies; nothing crosses to the host
             return False
         self._wait += 1
         if self._wait > self.patience:
@@ -187,8 +192,9 @@ class EarlyStopping:
             return True
         return False
 
-    def _restore(self, params_data: Array) -> None:
-        if self.restore_best_weights and self._best_weights is not None:
-            params_data[...] = self._best_weights
-            assert self.best_epoch is not None  # _update sets it whenever it stores _best_weights
+    def _restore(self, state: Sequence[Array]) -> None:
+        if self.restore_best_weights and self._best_state is not None:
+            for array, best in zip(state, self._best_state, strict=True):
+                array[...] = best
+            assert self.best_epoch is not None  # _update sets it whenever it stores _best_state
             logger.info("restored the weights of epoch %d (%s = %.6g)", self.best_epoch + 1, self.monitor, self.best)

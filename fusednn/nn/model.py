@@ -276,6 +276,16 @@ class Sequential:
         for view, w in zip(self._params.views(), checked, strict=True):
             view[...] = self.backend.asarray(w, dtype=self.dtype)
 
+    def buffers(self) -> list[Array]:
+        """Every layer's non-trainable buffers (a batch norm's running statistics), in layer order, on the device.
+
+        >>> from fusednn import nn
+        >>> model = nn.Sequential([nn.Dense(3, 4), nn.BatchNorm(4)], device="numpy")
+        >>> [b.shape for b in model.buffers()]
+        [(4,), (4,)]
+        """
+        return [b for layer_buffers in self._buffers for b in layer_buffers]
+
     def _buffer_names(self) -> list[str]:
         return [f"{i}.{name}" for i, layer in enumerate(self.layers) for name in layer.buffer_names]
 

@@ -579,7 +579,7 @@ def fit(
         history.params["compiled_epochs"] = sum(path != "per-step" for path in loop.paths)
         history._record(epoch, logs)
         logger.info("epoch %d/%d: %s", epoch + 1, last, "  ".join(f"{k}={v:.6g}" for k, v in logs.items()))
-        stop = early_stopping is not None and early_stopping._update(epoch, logs, model.parameters().data)
+        stop = early_stopping is not None and early_stopping._update(epoch, logs, _trained_state(model))
         if checkpoints is not None:
             checkpoints.save(model, opt, history.history)
         if stop:
@@ -587,8 +587,13 @@ def fit(
             logger.info("early stopping after epoch %d: %s did not improve", epoch + 1, early_stopping.monitor)
             break
     if early_stopping is not None:
-        early_stopping._restore(model.parameters().data)
+        early_stopping._restore(_trained_state(model))
     return history
+
+
+def _trained_state(model: Any) -> list[Array]:
+    """What training changes and EarlyStopping restores: the flat parameters, then every layer's buffers."""
+    return [model.parameters().data, *model.buffers()]
 
 
 EPOCH_PATHS: tuple[str, ...] = ("auto", "compiled", "per-step")
