@@ -124,9 +124,9 @@ def test_early_stopping_skips_non_finite_epochs_when_choosing_the_best() -> None
     params = np.zeros(3)
     for epoch, value in enumerate([float("nan"), 2.0, float("inf"), 1.0, float("-inf"), float("nan")]):
         params[...] = epoch
-        stopper._update(epoch, {"val_loss": value}, params)
+        stopper._update(epoch, {"val_loss": value}, [params])
     assert (stopper.best, stopper.best_epoch) == (1.0, 3)
-    stopper._restore(params)
+    stopper._restore([params])
     np.testing.assert_array_equal(params, 3.0)
 
 
