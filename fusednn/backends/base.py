@@ -40,7 +40,7 @@ from ..kernels.activation_codes import (
     SOFTPLUS_THRESHOLD,
 )
 from . import optimizer_rules
-from .device import Device
+from .device import Device, array_device, describe_location
 from .dtypes import FLOAT_DTYPES, resolve_dtype
 from .epoch_plan import EpochPlan, EpochTrainer
 from .philox import dropout_bits, dropout_threshold
@@ -147,17 +147,6 @@ def as_real_host_array(x: Any, name: str = "array") -> np.ndarray:
     return array
 
 
-def describe_location(x: Any) -> str:
-    """Say where an array lives, for error messages (``"cuda:0"``, ``"host memory (numpy)"``)."""
-    if hasattr(x, "__cuda_array_interface__"):
-        device = getattr(x, "device", None)
-        index = getattr(device, "id", None)
-        return f"cuda:{index}" if index is not None else "a CUDA device"
-    if isinstance(x, np.ndarray):
-        return "host memory (numpy)"
-    return f"a {type(x).__module__}.{type(x).__name__}"
-
-
 class Backend:
     """One device's implementation of every operation fusednn needs.
 
@@ -235,10 +224,11 @@ class Backend:
 
     def _import_array(self, x: Any) -> Array:
         """Turn host data into an array of this backend; refuse other devices' arrays."""
-        if hasattr(x, "__cuda_array_interface__"):
+        device = array_device(x)
+        if device is not None:
             raise ValueError(
-                f"The array is on {describe_location(x)} but this backend is {self.device}; "
-                "copy it to the host first (e.g. fusednn.backend('cuda').to_numpy(x))"
+                f"The array is on {device} but this backend is {self.device}; "
+                f"copy it to the host first (e.g. fusednn.backend({str(device)!r}).to_numpy(x))"
             )
         return np.asarray(x)
 
@@ -310,7 +300,7 @@ class Backend:
             TypeError: ``x`` is not an array, or has another dtype.
         """
         if not isinstance(x, self.xp.ndarray):
-            if hasattr(x, "__cuda_array_interface__") or isinstance(x, np.ndarray):
+            if isinstance(x, np.ndarray) or array_device(x) is not None:
                 raise ValueError(
                     f"{name} is on {describe_location(x)} but this backend is {self.device}; "
                     f"move it with fusednn.backend({str(self.device)!r}).asarray(...)"
