@@ -328,6 +328,19 @@ class Dense(Layer):
     def _drop_cache(self) -> None:
         self._cache = None
 
+    def bind(
+        self,
+        backend: Backend,
+        params: Sequence[Array],
+        grads: Sequence[Array],
+        buffers: Sequence[Array] = (),
+        index: int = 0,
+    ) -> None:
+        """As :meth:`Layer.bind`, and fetch the backend's trusted dense paths once for the training steps."""
+        super().bind(backend, params, grads, buffers, index)
+        self._dense_forward = backend.trusted("dense_forward")
+        self._dense_backward = backend.trusted("dense_backward")
+
     def initial_values(self, rng: np.random.Generator) -> list[np.ndarray]:
         """Fresh float64 host values ``[W, b]`` drawn with this layer's initialiser."""
         W = initial_weights(self._init_name, self.in_features, self.out_features, rng)
@@ -363,7 +376,7 @@ class Dense(Layer):
         ``__init__`` meet every guarantee of :meth:`~fusednn.backends.Backend.trusted`.
         """
         assert self.backend is not None  # the model bound the layer when it was built
-        y, z = self.backend.trusted("dense_forward")(x, self.W, self.b, self.activation)
+        y, z = self._dense_forward(x, self.W, self.b, self.activation)
         if keep:
             self._cache = (x, z, y)
         return y
@@ -375,7 +388,7 @@ class Dense(Layer):
         assert self.backend is not None and self._cache is not None
         x, z, y = self._cache
         backend = self.backend
-        dx = backend.trusted("dense_backward")(x, self.W, z, y, dy, self.activation, self.dW, self.db, need_input_grad)
+        dx = self._dense_backward(x, self.W, z, y, dy, self.activation, self.dW, self.db, need_input_grad)
         if self.has_penalty:
             backend.add_l1_l2_gradient(self.W, self.dW, self.l1, self.l2)
         return dx
