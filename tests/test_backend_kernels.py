@@ -195,8 +195,8 @@ def test_dense_forward_backward_match_reference(
 
 
 @pytest.mark.parametrize("activation", ["identity", "sigmoid", "relu"])
-def test_unchecked_dense_paths_equal_the_checked_ones(fast_backend: Backend, dtype: str, activation: str) -> None:
-    """nn's layers call ``_dense_*_unchecked`` on operands they keep valid; the results are the public methods' bits."""
+def test_trusted_dense_paths_equal_the_checked_ones(fast_backend: Backend, dtype: str, activation: str) -> None:
+    """nn's layers call ``trusted("dense_*")`` on operands they keep valid; the results are the public methods' bits."""
     be, (n, n_in, n_out) = fast_backend, (9, 5, 4)
     x, W, b = (
         put(be, _values((n, n_in)), dtype),
@@ -205,10 +205,10 @@ def test_unchecked_dense_paths_equal_the_checked_ones(fast_backend: Backend, dty
     )
     dy = put(be, _values((n, n_out), 3), dtype)
     y, z = be.dense_forward(x, W, b, activation)
-    y_fast, z_fast = be._dense_forward_unchecked(x, W, b, activation)
+    y_fast, z_fast = be.trusted("dense_forward")(x, W, b, activation)
     grads = [(be.zeros((n_in, n_out), dtype), be.zeros(n_out, dtype)) for _ in range(2)]
     dx = be.dense_backward(x, W, z, y, dy, activation, *grads[0])
-    dx_fast = be._dense_backward_unchecked(x, W, z_fast, y_fast, dy, activation, *grads[1], need_dx=True)
+    dx_fast = be.trusted("dense_backward")(x, W, z_fast, y_fast, dy, activation, *grads[1], need_dx=True)
     for expected, actual in [(y, y_fast), (z, z_fast), (dx, dx_fast), *zip(grads[0], grads[1], strict=True)]:
         np.testing.assert_array_equal(be.to_numpy(actual), be.to_numpy(expected))
 
@@ -241,15 +241,13 @@ def test_softmax_cross_entropy_with_labels_matches_reference_and_torch(
 
 
 @pytest.mark.parametrize("targets", ["labels", "probabilities"])
-def test_unchecked_softmax_cross_entropy_equals_the_checked_one(
-    fast_backend: Backend, dtype: str, targets: str
-) -> None:
-    """nn's cross-entropy loss calls ``_softmax_cross_entropy_unchecked`` on labels it has checked: same bits."""
+def test_trusted_softmax_cross_entropy_equals_the_checked_one(fast_backend: Backend, dtype: str, targets: str) -> None:
+    """nn's cross-entropy loss calls ``trusted("softmax_cross_entropy")`` on labels it has checked: same bits."""
     be, rng = fast_backend, np.random.default_rng(6)
     logits = put(be, _values((9, 4)), dtype, transposed=True)
     target = be.asindex(rng.integers(0, 4, 9)) if targets == "labels" else put(be, rng.random((9, 4)), dtype)
     for expected, actual in zip(
-        be.softmax_cross_entropy(logits, target), be._softmax_cross_entropy_unchecked(logits, target), strict=True
+        be.softmax_cross_entropy(logits, target), be.trusted("softmax_cross_entropy")(logits, target), strict=True
     ):
         np.testing.assert_array_equal(be.to_numpy(actual), be.to_numpy(expected))
 

@@ -397,3 +397,19 @@ def test_reduction_chunks_are_about_the_square_root_and_capped():
     assert [launch_module.reduction_chunks(n) for n in (0, 1, 15, 16, 10**6, 10**8)] == [1, 1, 3, 4, 1000, 1024]
     with pytest.raises(ValueError, match="n must be >= 0"):
         launch_module.reduction_chunks(-1)
+
+
+def test_every_public_operation_of_the_cuda_backend_runs_with_its_gpu_current():
+    """The class body says what runs: each public Backend method is defined or re-bound there with on_device."""
+    from fusednn.backends.base import Backend
+    from fusednn.backends.cuda_backend import CudaBackend
+
+    public = [name for name, member in vars(Backend).items() if not name.startswith("_") and callable(member)]
+    assert len(public) > 20
+    missing = [
+        name
+        for name in public
+        # activate returns the context that makes the GPU current; trusted hands out on-device callables
+        if name not in ("activate", "trusted") and not getattr(CudaBackend.__dict__.get(name), "runs_on_device", False)
+    ]
+    assert missing == []

@@ -140,3 +140,12 @@ def test_cross_entropy_takes_transposed_logits_and_probabilities(sim, dtype):
     loss_ref, grad_ref = REF.softmax_cross_entropy(logits_h.astype(dtype), probs_h.astype(dtype))
     assert_close(grad, grad_ref, dtype)
     assert_close(loss, loss_ref, dtype)
+
+
+def test_trusted_paths_run_with_their_gpu_current(sim):
+    """What Backend.trusted hands out launches on its GPU even while another one is current."""
+    x = sim.asarray(np.ones((3, 2)), dtype="float32")
+    W, b = sim.asarray(np.ones((2, 4)), dtype="float32"), sim.zeros(4, "float32")
+    with sim.xp.cuda.Device(1):  # sim is cuda:0
+        y, _ = sim.trusted("dense_forward")(x, W, b, "relu")
+    assert sim.to_numpy(y).tolist() == [[2.0] * 4] * 3

@@ -191,3 +191,89 @@ def test_is_host_array_tells_numpy_memory_from_cuda_arrays() -> None:
     assert backends.is_host_array(np.zeros(3))
     assert not backends.is_host_array([1.0, 2.0])
     assert not backends.is_host_array(np.zeros(3).view(NumpyBackedGpuView))
+
+
+# ------------------------------------------------------- the registry's table
+
+
+class _TpuArray:
+    """An array of a made-up device kind: its runtime knows it by this class and its ``board``."""
+
+    def __init__(self, board: int) -> None:
+        self.board = board
+        self.values = np.arange(3.0)
+
+
+class _TpuBackend(backends.Backend):
+    kind = "tpu"
+
+    def __init__(self, device: Device) -> None:
+        super().__init__(device, np, np.tanh)
+
+    def to_numpy(self, x: object) -> np.ndarray:
+        return x.values.copy() if isinstance(x, _TpuArray) else np.asarray(x)
+
+
+def _tpu_runtime() -> types.ModuleType:
+    runtime = types.ModuleType("tests_tpu_runtime")
+
+    def require_device(index: int) -> None:
+        if index >= 2:
+            raise RuntimeError(f"tpu:{index} was asked for but only 2 boards are visible")
+
+    runtime.device_count = lambda: 2  # type: ignore[attr-defined]
+    runtime.require_device = require_device  # type: ignore[attr-defined]
+    runtime.array_device_index = lambda x: x.board if isinstance(x, _TpuArray) else None  # type: ignore[attr-defined]
+    return runtime
+
+
+@pytest.fixture
+def tpu_kind(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Register a device kind ``tpu`` the way fusednn registers its own: one entry in ``DEVICE_KINDS``."""
+    from fusednn.backends import device
+
+    kind = device.DeviceKind("tpu", "tests_tpu_backend:Backend", runtime="tests_tpu_runtime")
+    backend_module = types.ModuleType("tests_tpu_backend")
+    backend_module.Backend = _TpuBackend  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "tests_tpu_backend", backend_module)
+    monkeypatch.setitem(sys.modules, "tests_tpu_runtime", _tpu_runtime())
+    monkeypatch.setitem(device.DEVICE_KINDS, "tpu", kind)
+    # The derived views of the table, as importing fusednn computes them.
+    indexed = (*device.INDEXED_KINDS, kind)
+    monkeypatch.setattr(device, "INDEXED_KINDS", indexed)
+    monkeypatch.setattr(registry, "INDEXED_KINDS", indexed)
+    monkeypatch.setattr(registry, "_cache", dict(registry._cache))
+    device._parse_device_string.cache_clear()
+    yield
+    device._parse_device_string.cache_clear()
+
+
+@pytest.mark.usefixtures("tpu_kind")
+def test_a_kind_registered_in_the_table_is_parsed_listed_and_owns_its_arrays() -> None:
+    assert str(parse_device(" TPU ")) == "tpu:0" and parse_device("tpu:1") == Device("tpu", 1)
+    with pytest.raises(ValueError, match="needs an index"):
+        Device("tpu")
+    assert fusednn.available_devices()[-2:] == ["tpu:0", "tpu:1"]
+    be = backends.backend_of(_TpuArray(1))
+    assert isinstance(be, _TpuBackend) and be is fusednn.backend("tpu:1")
+    assert backends.to_host(_TpuArray(0)).tolist() == [0.0, 1.0, 2.0]
+    assert not backends.is_host_array(_TpuArray(0))
+    with pytest.raises(RuntimeError, match="only 2 boards"):
+        fusednn.backend("tpu:2")
+    # The host backends refuse the new kind's arrays by name, with no code of their own for it.
+    with pytest.raises(ValueError, match="on tpu:1 but this backend is numpy"):
+        fusednn.backend("numpy").asarray(_TpuArray(1))
+    with pytest.raises(ValueError, match="x is on tpu:0 but this backend is cpu"):
+        fusednn.backend("cpu").check(_TpuArray(0), "x")
+
+
+def test_only_the_cuda_runtime_and_backend_know_cudas_array_protocol() -> None:
+    from pathlib import Path
+
+    package = Path(fusednn.__file__).parent
+    knowing = sorted(
+        str(path.relative_to(package))
+        for path in package.rglob("*.py")
+        if "__cuda_array_interface__" in path.read_text(encoding="utf-8")
+    )
+    assert knowing == ["backends/cuda_backend.py", "backends/cuda_runtime.py"]

@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from types import ModuleType
 from typing import Any
@@ -40,7 +40,7 @@ from ..kernels.activation_codes import (
     SOFTPLUS_THRESHOLD,
 )
 from . import optimizer_rules
-from .device import Device
+from .device import Device, array_device, describe_location
 from .dtypes import FLOAT_DTYPES, resolve_dtype
 from .epoch_plan import EpochPlan, EpochTrainer
 from .philox import dropout_bits, dropout_threshold
@@ -76,6 +76,18 @@ _NOT_REAL = {
 }
 
 
+TRUSTED_OPERATIONS: tuple[str, ...] = (
+    "activation",
+    "activation_backward",
+    "dense_forward",
+    "dense_backward",
+    "softmax_cross_entropy",
+    "dropout",
+    "batchnorm_forward",
+    "batchnorm_backward",
+)
+"""The public methods that :meth:`Backend.trusted` gives a fast path without checks."""
+
 DROPOUT_MAX_ELEMENTS = 2**34
 """The most elements one dropout call takes: four per value of the 32-bit block counter."""
 
@@ -92,6 +104,32 @@ def check_dropout_rate(rate: Any) -> float:
     if not 0.0 <= rate < 1.0:
         raise ValueError(f"dropout rate must lie in [0, 1), got {rate}")
     return float(rate)
+
+
+def check_label_range(labels: np.ndarray, n_classes: int, what: str = "Class labels", why: str = "") -> None:
+    """Check that host class labels ``(N,)`` lie in ``[0, n_classes)``: the one label range check.
+
+    ``labels`` holds integers or whole-number floats. Integer labels take one reduction:
+    seen as unsigned, a negative label is above any class count. ``what`` names the labels in
+    the message and ``why`` follows the range (``" for 3 output columns"``).
+
+    >>> check_label_range(np.array([0, 3]), 3)
+    Traceback (most recent call last):
+    ...
+    ValueError: Class labels must lie in [0, 3), got 3 at row 1
+
+    Raises:
+        ValueError: a label lies outside ``[0, n_classes)``, naming the first one and its row.
+    """
+    if labels.size == 0:
+        return
+    if labels.dtype.kind in "iu":
+        if labels.view(labels.dtype.str.replace("i", "u")).max() < n_classes:
+            return
+    elif labels.min() >= 0 and labels.max() < n_classes:
+        return
+    row = int(np.flatnonzero((labels < 0) | (labels >= n_classes))[0])
+    raise ValueError(f"{what} must lie in [0, {n_classes}){why}, got {labels[row]} at row {row}")
 
 
 def unmasked(x: Any, name: str = "array") -> Any:
@@ -147,17 +185,6 @@ def as_real_host_array(x: Any, name: str = "array") -> np.ndarray:
     return array
 
 
-def describe_location(x: Any) -> str:
-    """Say where an array lives, for error messages (``"cuda:0"``, ``"host memory (numpy)"``)."""
-    if hasattr(x, "__cuda_array_interface__"):
-        device = getattr(x, "device", None)
-        index = getattr(device, "id", None)
-        return f"cuda:{index}" if index is not None else "a CUDA device"
-    if isinstance(x, np.ndarray):
-        return "host memory (numpy)"
-    return f"a {type(x).__module__}.{type(x).__name__}"
-
-
 class Backend:
     """One device's implementation of every operation fusednn needs.
 
@@ -177,6 +204,7 @@ class Backend:
         self.device = device
         self.xp = xp
         self._erf = erf
+        self._trusted: dict[str, Callable[..., Any]] = {}
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} device={self.device}>"
@@ -235,10 +263,13 @@ class Backend:
 
     def _import_array(self, x: Any) -> Array:
         """Turn host data into an array of this backend; refuse other devices' arrays."""
-        if hasattr(x, "__cuda_array_interface__"):
+        if type(x) is np.ndarray:  # every training step's input: skip the call below
+            return x
+        device = array_device(x)
+        if device is not None:
             raise ValueError(
-                f"The array is on {describe_location(x)} but this backend is {self.device}; "
-                "copy it to the host first (e.g. fusednn.backend('cuda').to_numpy(x))"
+                f"The array is on {device} but this backend is {self.device}; "
+                f"copy it to the host first (e.g. fusednn.backend({str(device)!r}).to_numpy(x))"
             )
         return np.asarray(x)
 
@@ -310,7 +341,7 @@ class Backend:
             TypeError: ``x`` is not an array, or has another dtype.
         """
         if not isinstance(x, self.xp.ndarray):
-            if hasattr(x, "__cuda_array_interface__") or isinstance(x, np.ndarray):
+            if isinstance(x, np.ndarray) or array_device(x) is not None:
                 raise ValueError(
                     f"{name} is on {describe_location(x)} but this backend is {self.device}; "
                     f"move it with fusednn.backend({str(self.device)!r}).asarray(...)"
@@ -374,6 +405,13 @@ class Backend:
             )
         if out is not None:
             self._check_shape(out, (a_op.shape[0], b_op.shape[1]), "out")
+        return self._matmul_unchecked(a, b, transpose_a, transpose_b, out)
+
+    def _matmul_unchecked(self, a: Array, b: Array, transpose_a: bool, transpose_b: bool, out: Array | None) -> Array:
+        """:meth:`matmul` on operands whose shapes and dtypes agree."""
+        a_op = a.T if transpose_a else a
+        b_op = b.T if transpose_b else b
+        if out is not None:
             return self.xp.matmul(a_op, b_op, out=out)
         return self.xp.matmul(a_op, b_op)
 
@@ -418,6 +456,22 @@ class Backend:
     def _activation_backward_unchecked(self, name: str, z: Array, h: Array, dh: Array, out: Array | None) -> Array:
         """:meth:`activation_backward` for operands the caller guarantees valid."""
         return self._written_to(out, dh * self._activation_derivative_reference(name, z, h))
+
+    def _contiguous(self, x: Array) -> Array:
+        """``x`` itself when C-contiguous, else a C-contiguous copy: the kernels index flat row-major memory."""
+        return self.xp.ascontiguousarray(x)
+
+    @contextlib.contextmanager
+    def _updated_in_place(self, *arrays: Array | None) -> Iterator[list[Array | None]]:
+        """Yield C-contiguous stand-ins for buffers a kernel reads and updates; copy them back into strided ones.
+
+        Contiguous buffers (the usual case) are yielded as they are, so the kernel updates them directly.
+        """
+        staged = [a if a is None or a.flags.c_contiguous else self.xp.ascontiguousarray(a) for a in arrays]
+        yield staged
+        for original, stand_in in zip(arrays, staged, strict=True):
+            if original is not None and stand_in is not original:  # None stays None: nothing to copy
+                original[...] = stand_in
 
     def _output(self, out: Array | None, like: Array) -> Array:
         """Where a kernel writes a result shaped like ``like``: ``out`` itself when given and C-contiguous
@@ -500,6 +554,9 @@ class Backend:
     def log_softmax(self, x: Array) -> Array:
         """Log-softmax over the last axis, computed stably as ``x - max - log(sum(exp(x - max)))``."""
         self.check(x, "x")
+        return self._log_softmax(x)
+
+    def _log_softmax(self, x: Array) -> Array:
         shifted = x - x.max(axis=-1, keepdims=True)
         return shifted - self.xp.log(self.xp.exp(shifted).sum(axis=-1, keepdims=True))
 
@@ -514,7 +571,7 @@ class Backend:
         """
         check_activation(activation)
         self._check_dense_shapes(x, W, b)
-        return self._dense_forward_unchecked(x, W, b, activation)
+        return self._dense_forward_unchecked(x, W, self._contiguous(b), activation)
 
     def dense_backward(
         self,
@@ -537,7 +594,9 @@ class Backend:
         Returns ``dx (N, in)`` or ``None``.
         """
         self._check_dense_backward(x, W, z, y, dy, activation, dW, db)
-        return self._dense_backward_unchecked(x, W, z, y, dy, activation, dW, db, need_dx)
+        z, y, dy = self._contiguous(z), self._contiguous(y), self._contiguous(dy)
+        with self._updated_in_place(dW, db) as (dW_out, db_out):
+            return self._dense_backward_unchecked(x, W, z, y, dy, activation, dW_out, db_out, need_dx)
 
     def _check_dense_backward(
         self, x: Array, W: Array, z: Array, y: Array, dy: Array, activation: str, dW: Array, db: Array
@@ -587,7 +646,7 @@ class Backend:
         ``N, C >= 1`` and int64 labels ``(N,)`` in ``[0, C)`` or probabilities ``(N, C)`` of the logits' dtype.
         Unlike the optimizer fast paths, the operands may have any layout: a loss takes its outputs from the user."""
         n = logits.shape[0]
-        log_p = self.log_softmax(logits)
+        log_p = self._log_softmax(logits)
         p = self.xp.exp(log_p)
         if target.ndim == 1:
             rows = self.xp.arange(n)
@@ -625,7 +684,7 @@ class Backend:
         return target
 
     def _check_label_range(self, labels: Array, n_classes: int) -> None:
-        """Check that every label lies in ``[0, n_classes)``, reading the labels' range on the host.
+        """Check that every label lies in ``[0, n_classes)`` (:func:`check_label_range`, on host memory).
 
         The CUDA backend overrides this with a no-op so a training step never waits
         for the GPU; its kernel makes the loss NaN for a label out of range instead.
@@ -633,9 +692,7 @@ class Backend:
         Raises:
             ValueError: a label lies outside ``[0, n_classes)``.
         """
-        low, high = int(labels.min()), int(labels.max())
-        if low < 0 or high >= n_classes:
-            raise ValueError(f"Class labels must lie in [0, {n_classes}), got values in [{low}, {high}]")
+        check_label_range(labels, n_classes)
 
     def binary_cross_entropy_with_logits(self, logits: Array, target: Array) -> tuple[Array, Array]:
         """Sigmoid + binary cross-entropy on logits, mean over elements (as ``BCEWithLogitsLoss``).
@@ -914,20 +971,61 @@ class Backend:
         bound = (param, grad, *state) if segments is None else (param, grad, *state, segments)
         return functools.partial(optimizer_rules.RULES[rule], self.xp, *bound)
 
-    # ----------------------------------------------------- unchecked fast paths
-    # The activations, the dense layer and the loss above check their
-    # operands and then call their ``_*_unchecked`` twin, which does the work: backends override
-    # the twin, so the checks live here once. nn's models call the twins directly,
-    # once per layer in every training step, and only where nn has itself established
-    # everything the public method would check: each operand is a C-contiguous array of this
-    # backend in the model's dtype with the documented shapes (parameters and gradients are
-    # nn's own flat buffers and views of them; inputs are checked once where they enter
-    # the model), and the activation name is valid. The CPU backend's public dense methods also
-    # make strided operands contiguous before calling the twin, which nn's buffers never need.
+    # ------------------------------------------------------ trusted fast path
+
+    def trusted(self, operation: str) -> Callable[..., Any]:
+        """The trusted fast path of public method ``operation``: the same computation, none of its checks.
+
+        ``operation`` is one of :data:`TRUSTED_OPERATIONS`; the callable takes the public method's
+        arguments (positionally, ``out`` and ``need_dx`` included) and returns the same bits. It is for
+        code that has itself established, once, everything the public method would check on each call,
+        as nn's models do for their layers and losses in every training step. The caller guarantees:
+
+        * every array is an array of this backend, float32/float64 with one dtype across the call
+          (class labels: int64), with the shapes the public method documents, and not empty;
+        * arrays are C-contiguous, and so are buffers written in place (``out``, ``dW``, ``db``,
+          ``dgamma``, ``dbeta``, running statistics) — except ``softmax_cross_entropy``'s logits and
+          target, which may have any layout (a loss takes them from the user);
+        * names and numbers are valid: a known activation, class labels in ``[0, C)``, a dropout
+          rate in ``[0, 1)`` and key words in range, a batch-norm ``momentum`` in ``[0, 1]``,
+          ``eps > 0`` and more than one row in training.
+
+        Broken guarantees give wrong numbers or undefined behaviour, not errors. The callable is made
+        once per backend and operation, and runs on this backend's device.
+
+        >>> import numpy as np, fusednn
+        >>> be = fusednn.backend("numpy")
+        >>> x, W, b = be.asarray(np.ones((2, 3))), be.asarray(np.ones((3, 2))), be.zeros(2, "float64")
+        >>> y, z = be.trusted("dense_forward")(x, W, b, "relu")
+        >>> y.tolist()
+        [[3.0, 3.0], [3.0, 3.0]]
+
+        Raises:
+            ValueError: ``operation`` has no trusted path; the message lists those that do.
+        """
+        try:
+            return self._trusted[operation]
+        except (KeyError, TypeError):
+            pass
+        if operation not in TRUSTED_OPERATIONS:
+            raise ValueError(
+                f"No trusted path for {operation!r}; expected one of {', '.join(TRUSTED_OPERATIONS)}"
+            ) from None
+        path = self._trusted_path(getattr(self, f"_{operation}_unchecked"))
+        self._trusted[operation] = path
+        return path
+
+    def _trusted_path(self, implementation: Callable[..., Any]) -> Callable[..., Any]:
+        """What :meth:`trusted` hands out for an implementation: itself, on a host backend."""
+        return implementation
+
+    # The public methods above check their operands and call their ``_<operation>_unchecked``
+    # implementation, which does the work: backends override the implementations, so the
+    # checks live here once, and :meth:`trusted` hands the implementations out.
 
     def _dense_forward_unchecked(self, x: Array, W: Array, b: Array, activation: str) -> tuple[Array, Array]:
         """:meth:`dense_forward` for operands the caller guarantees valid."""
-        z = self.matmul(x, W)
+        z = self._matmul_unchecked(x, W, False, False, None)
         z += b
         if activation == "identity":
             return z, z
@@ -942,8 +1040,8 @@ class Backend:
         else:
             dz = dy * self._activation_derivative_reference(activation, z, y)
         self.xp.sum(dz, axis=0, out=db)
-        self.matmul(x, dz, transpose_a=True, out=dW)
-        return self.matmul(dz, W, transpose_b=True) if need_dx else None
+        self._matmul_unchecked(x, dz, True, False, dW)
+        return self._matmul_unchecked(dz, W, False, True, None) if need_dx else None
 
 
 def adam_scalars(lr: float, beta1: float, beta2: float, step: int) -> tuple[float, float]:

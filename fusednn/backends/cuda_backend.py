@@ -1,10 +1,10 @@
 """The CUDA backend (``device="cuda"`` / ``"cuda:N"``): CuPy arrays, cuBLAS matmuls, fused CUDA C kernels.
 
 Arrays are ``cupy.ndarray`` on the backend's GPU. Every public method runs
-under ``cupy.cuda.Device(N)``, so allocations and launches of a ``cuda:1``
-backend land on GPU 1 whatever device is current, and two backends on two GPUs
-do not interfere. Matmuls go to cuBLAS through CuPy; activations, the dense
-layer's epilogue and backward reduction, softmax cross-entropy and the
+under ``cupy.cuda.Device(N)`` (:func:`on_device`, written in the class body),
+so allocations and launches of a ``cuda:1`` backend land on GPU 1 whatever
+device is current, and two backends on two GPUs do not interfere. Matmuls go
+to cuBLAS through CuPy; activations, the dense layer's epilogue and backward reduction, softmax cross-entropy and the
 optimizer steps are the kernels of :mod:`fusednn.kernels.cuda`. Everything else
 is the reference implementation of :class:`~fusednn.backends.base.Backend`
 running on CuPy.
@@ -33,7 +33,7 @@ from __future__ import annotations
 import contextlib
 import functools
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import numpy as np
 
@@ -105,6 +105,27 @@ def _float32_compute_type(linalg: Any, compute_type: int) -> Iterator[None]:
         linalg.set_compute_type(np.float32, previous)
 
 
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def on_device(method: F) -> F:
+    """Run a :class:`CudaBackend` method with the backend's GPU current (``cupy.cuda.Device(N)``).
+
+    The one way the GPU is made current: every public operation carries it (written on the methods
+    this class defines, and on the inherited ones re-bound at the end of its body), as does what
+    :meth:`~fusednn.backends.base.Backend.trusted` hands out. So allocations and launches of a
+    ``cuda:1`` backend land on GPU 1 whatever device is current.
+    """
+
+    @functools.wraps(method)
+    def run_on_device(self: CudaBackend, *args: Any, **kwargs: Any) -> Any:
+        with self.xp.cuda.Device(self.device.index):
+            return method(self, *args, **kwargs)
+
+    run_on_device.runs_on_device = True  # type: ignore[attr-defined]  # what tests look for
+    return cast(F, run_on_device)
+
+
 class CudaBackend(Backend):
     """Every operation on one NVIDIA GPU, with fused CUDA C kernels where they pay.
 
@@ -142,6 +163,7 @@ class CudaBackend(Backend):
         """Make this backend's GPU current (``cupy.cuda.Device(N)``) for direct CuPy arithmetic in the block."""
         return self._on_device()
 
+    @on_device
     def epoch_trainer(self, plan: EpochPlan) -> EpochTrainer | None:
         """Replayed CUDA graphs, one per kind of training step (:mod:`.cuda_graphs`), for stacks of dense layers
         with every built-in activation and loss and SGD, RMSprop or Adam; ``None`` otherwise (AdamW, LAMB, LARS).
@@ -172,6 +194,10 @@ class CudaBackend(Backend):
             return array
         return cupy.asarray(np.asarray(x))
 
+    def _trusted_path(self, implementation: Callable[..., Any]) -> Callable[..., Any]:
+        """The implementation run with this GPU current (:func:`on_device`)."""
+        return on_device(implementation.__func__).__get__(self)  # type: ignore[attr-defined]  # a bound method
+
     def _check_on_this_device(self, index: int) -> None:
         if index != self.device.index:
             raise ValueError(
@@ -179,6 +205,7 @@ class CudaBackend(Backend):
                 f"fusednn.backend({str(self.device)!r}).asarray(fusednn.backend('cuda:{index}').to_numpy(x))"
             )
 
+    @on_device
     def check(self, x: Any, name: str = "array") -> Array:
         """Check that ``x`` is a float32/float64 CuPy array on this GPU and return it.
 
@@ -191,55 +218,34 @@ class CudaBackend(Backend):
             raise ValueError(f"{name} is on cuda:{x.device.id} but this backend is {self.device}")
         return x
 
+    @on_device
     def to_numpy(self, x: Array) -> np.ndarray:
         """Copy ``x`` to a NumPy array on the host (synchronises)."""
         if isinstance(x, self.xp.ndarray):
             return self.xp.asnumpy(x)
         return np.asarray(x)
 
+    @on_device
     def to_float(self, x: Array) -> float:
         """Read a 0-d device value as a Python float (waits for the GPU)."""
         return float(self.to_numpy(x))
 
+    @on_device
     def synchronize(self) -> None:
         """Wait until every operation queued on this GPU has finished."""
         self.xp.cuda.Device(self.device.index).synchronize()
 
-    def _contiguous(self, x: Array) -> Array:
-        """``x`` itself when C-contiguous, else a C-contiguous copy: the kernels index flat row-major memory."""
-        return self.xp.ascontiguousarray(x)
-
-    @contextlib.contextmanager
-    def _updated_in_place(self, *arrays: Array | None) -> Iterator[list[Array | None]]:
-        """Yield C-contiguous stand-ins for buffers a kernel reads and updates; copy them back into strided ones.
-
-        Contiguous buffers (the usual case) are yielded as they are, so the
-        kernel updates them directly.
-        """
-        staged = [a if a is None or a.flags.c_contiguous else self.xp.ascontiguousarray(a) for a in arrays]
-        yield staged
-        for original, stand_in in zip(arrays, staged, strict=True):
-            if original is not None and stand_in is not original:  # None stays None: nothing to copy
-                original[...] = stand_in
-
     # ------------------------------------------------------------------ matmul
 
-    def matmul(
-        self,
-        a: Array,
-        b: Array,
-        transpose_a: bool = False,
-        transpose_b: bool = False,
-        out: Array | None = None,
-    ) -> Array:
+    def _matmul_unchecked(self, a: Array, b: Array, transpose_a: bool, transpose_b: bool, out: Array | None) -> Array:
         """Matrix product on cuBLAS; float32 uses TF32 tensor cores only after ``set_matmul_precision("tf32")``."""
-        if getattr(a, "dtype", None) != np.float32:
-            return super().matmul(a, b, transpose_a, transpose_b, out)
+        if a.dtype != np.float32:
+            return super()._matmul_unchecked(a, b, transpose_a, transpose_b, out)
         linalg = self._cupy_linalg
         tf32 = _matmul_precision == "tf32"
         compute_type = linalg.COMPUTE_TYPE_TF32 if tf32 else linalg.COMPUTE_TYPE_DEFAULT
         with _float32_compute_type(linalg, compute_type):
-            return super().matmul(a, b, transpose_a, transpose_b, out)
+            return super()._matmul_unchecked(a, b, transpose_a, transpose_b, out)
 
     # ------------------------------------------------------------- activations
 
@@ -261,7 +267,7 @@ class CudaBackend(Backend):
 
     def _dense_forward_unchecked(self, x: Array, W: Array, b: Array, activation: str) -> tuple[Array, Array]:
         """Fused dense layer: cuBLAS ``z = x @ W``, then one kernel adds ``b`` in place and writes ``y = act(z)``."""
-        z = self.matmul(x, W)
+        z = self._matmul_unchecked(x, W, False, False, None)
         y = z if activation == "identity" else self.xp.empty_like(z)
         rows, cols = z.shape
         self._launch(
@@ -315,9 +321,9 @@ class CudaBackend(Backend):
         self._launch("bias_grad_sum_chunks", dy.dtype, cols, partials, db_out, chunks, cols)
         self._written_to(db, db_out)
         dW_out = self._output(dW, dW)
-        self.matmul(x, dz, transpose_a=True, out=dW_out)
+        self._matmul_unchecked(x, dz, True, False, dW_out)
         self._written_to(dW, dW_out)
-        return self.matmul(dz, W, transpose_b=True) if need_dx else None
+        return self._matmul_unchecked(dz, W, False, True, None) if need_dx else None
 
     # ------------------------------------------------- dropout and batch norm
 
@@ -475,6 +481,32 @@ class CudaBackend(Backend):
 
         return segmented_step
 
+    # The public operations this class inherits from the reference, each run with the GPU current
+    # like the ones written above (a test checks that every public operation of Backend is here).
+    asarray = on_device(Backend.asarray)
+    asindex = on_device(Backend.asindex)
+    empty = on_device(Backend.empty)
+    zeros = on_device(Backend.zeros)
+    take_rows = on_device(Backend.take_rows)
+    write_finite_flags = on_device(Backend.write_finite_flags)
+    matmul = on_device(Backend.matmul)
+    activation = on_device(Backend.activation)
+    activation_backward = on_device(Backend.activation_backward)
+    softmax = on_device(Backend.softmax)
+    log_softmax = on_device(Backend.log_softmax)
+    dense_forward = on_device(Backend.dense_forward)
+    dense_backward = on_device(Backend.dense_backward)
+    softmax_cross_entropy = on_device(Backend.softmax_cross_entropy)
+    binary_cross_entropy_with_logits = on_device(Backend.binary_cross_entropy_with_logits)
+    mean_squared_error = on_device(Backend.mean_squared_error)
+    mean_absolute_error = on_device(Backend.mean_absolute_error)
+    l1_l2_penalty = on_device(Backend.l1_l2_penalty)
+    add_l1_l2_gradient = on_device(Backend.add_l1_l2_gradient)
+    dropout = on_device(Backend.dropout)
+    batchnorm_forward = on_device(Backend.batchnorm_forward)
+    batchnorm_backward = on_device(Backend.batchnorm_backward)
+    optimizer_step = on_device(Backend.optimizer_step)
+
 
 LANE_ELEMENTS = 16
 """Elements per lane that :func:`segment_lanes` aims for (at most :data:`MAX_LANES` lanes per tensor)."""
@@ -497,22 +529,3 @@ def segment_lanes(segments: np.ndarray) -> np.ndarray:
         count = min(max((stop - start) // LANE_ELEMENTS, 1), MAX_LANES) if stop > start else 0
         rows += [[start, stop, len(rows), count]] * count
     return np.array(rows, dtype=np.int64).reshape(-1, 4)
-
-
-def _run_on_device(method: Callable[..., Any]) -> Callable[..., Any]:
-    """Wrap a public method so its allocations and launches happen on the backend's GPU."""
-
-    @functools.wraps(method)
-    def on_device(self: CudaBackend, *args: Any, **kwargs: Any) -> Any:
-        with self._on_device():
-            return method(self, *args, **kwargs)
-
-    return on_device
-
-
-# Every public operation, inherited or overridden, runs under cupy.cuda.Device(N); so do the
-# unchecked twins that nn calls directly in its training step.
-for _name, _member in vars(Backend).items():
-    if (not _name.startswith("_") or _name.endswith("_unchecked")) and callable(_member):
-        setattr(CudaBackend, _name, _run_on_device(getattr(CudaBackend, _name)))
-del _name, _member

@@ -1,8 +1,11 @@
-"""Finding CuPy and GPUs without ever failing at import time.
+"""The cuda kind's runtime: finding CuPy and GPUs, and CUDA arrays, without ever failing at import time.
 
 Everything CUDA-related that must work on a machine without a GPU (CI has
 none) goes through here: it answers questions with values or clear
-``RuntimeError`` messages instead of raw import tracebacks.
+``RuntimeError`` messages instead of raw import tracebacks. It is the
+``runtime`` of the ``cuda`` entry in :data:`fusednn.backends.device.DEVICE_KINDS`
+(``device_count``, ``require_device``, ``array_device_index``), so the registry
+asks it, and nothing outside the CUDA backend knows CUDA's array protocol.
 """
 
 from __future__ import annotations
@@ -56,3 +59,18 @@ def require_device(index: int) -> ModuleType:
     if index >= count:
         raise RuntimeError(f"cuda:{index} was asked for but only {count} GPU(s) are visible (cuda:0..cuda:{count - 1})")
     return cupy
+
+
+def array_device_index(x: object) -> int | None:
+    """The GPU holding ``x``, for a CUDA array (CuPy, or any ``__cuda_array_interface__`` array), else ``None``.
+
+    An array without a ``device.id`` (a foreign library's) counts as GPU 0. Nothing is imported.
+
+    >>> import numpy as np
+    >>> array_device_index(np.zeros(2)) is None
+    True
+    """
+    if not hasattr(x, "__cuda_array_interface__"):
+        return None
+    index = getattr(getattr(x, "device", None), "id", None)
+    return int(index) if index is not None else 0

@@ -42,7 +42,7 @@ from scipy.special import erf
 
 from ..kernels.activation_codes import ACTIVATION_CODES
 from ..kernels.cpu import activations, dense, layers, losses, optim
-from .base import Array, Backend, check_activation
+from .base import Array, Backend
 from .cpu_epoch import compile_plan
 from .device import Device
 from .epoch_plan import EpochPlan, EpochTrainer
@@ -143,18 +143,9 @@ class NumbaBackend(Backend):
 
     # ------------------------------------------------------------ dense layer
 
-    def dense_forward(self, x: Array, W: Array, b: Array, activation: str) -> tuple[Array, Array]:
-        """Fused dense layer: BLAS ``z = x @ W``, then one Numba pass ``z += b``, ``y = act(z)``.
-
-        Returns ``(y, z)``; for ``identity`` ``y is z``. Shapes: ``x (N, in)``,
-        ``W (in, out)``, ``b (out,)`` → ``y, z (N, out)``.
-        """
-        check_activation(activation)
-        self._check_dense_shapes(x, W, b)
-        return self._dense_forward_unchecked(x, W, np.ascontiguousarray(b), activation)
-
     def _dense_forward_unchecked(self, x: Array, W: Array, b: Array, activation: str) -> tuple[Array, Array]:
-        """:meth:`dense_forward` without its checks (see :class:`~fusednn.backends.base.Backend`)."""
+        """Fused dense layer: BLAS ``z = x @ W``, then one Numba pass ``z += b``, ``y = act(z)``; see
+        :meth:`Backend.dense_forward`. ``b`` is C-contiguous (the public method copies a strided one)."""
         z = np.empty((x.shape[0], W.shape[1]), dtype=x.dtype)
         np.matmul(x, W, out=z)
         y = z if activation == "identity" else np.empty_like(z)
@@ -162,34 +153,12 @@ class NumbaBackend(Backend):
         self._launch(epilogue.bias_activation, epilogue.bias_activation_parallel, z.size, z.shape[0], z, b, y)
         return y, z
 
-    def dense_backward(
-        self,
-        x: Array,
-        W: Array,
-        z: Array,
-        y: Array,
-        dy: Array,
-        activation: str,
-        dW: Array,
-        db: Array,
-        need_dx: bool = True,
-    ) -> Array | None:
-        """Backward of :meth:`dense_forward`: one Numba pass for ``dz = dy * act'(z)`` and ``db``, then BLAS.
-
-        ``dW = x^T dz`` is written in place into ``dW``; ``db`` is overwritten.
-        Returns ``dx = dz W^T (N, in)``, or ``None`` when not ``need_dx``.
-        """
-        self._check_dense_backward(x, W, z, y, dy, activation, dW, db)
-        dy, z, y = (np.ascontiguousarray(a) for a in (dy, z, y))
-        db_out = self._output(db, db)
-        dx = self._dense_backward_unchecked(x, W, z, y, dy, activation, dW, db_out, need_dx)
-        self._written_to(db, db_out)
-        return dx
-
     def _dense_backward_unchecked(
         self, x: Array, W: Array, z: Array, y: Array, dy: Array, activation: str, dW: Array, db: Array, need_dx: bool
     ) -> Array | None:
-        """:meth:`dense_backward` without its checks (see :class:`~fusednn.backends.base.Backend`)."""
+        """One Numba pass for ``dz = dy * act'(z)`` and ``db``, then BLAS for ``dW`` and ``dx``; see
+        :meth:`Backend.dense_backward`. ``z``, ``y``, ``dy`` and ``db`` are C-contiguous (the public method
+        stages strided ones)."""
         dz = np.empty_like(dy)
         epilogue = dense.for_activation(ACTIVATION_CODES[activation])
         self._launch(

@@ -13,14 +13,7 @@ from collections.abc import Callable
 import numpy as np
 
 from .base import Backend
-from .device import Device, default_device_string, parse_device
-
-# kind -> (module, class); imported on first use.
-_BACKEND_CLASSES: dict[str, tuple[str, str]] = {
-    "numpy": ("fusednn.backends.numpy_backend", "NumpyBackend"),
-    "cpu": ("fusednn.backends.numba_backend", "NumbaBackend"),
-    "cuda": ("fusednn.backends.cuda_backend", "CudaBackend"),
-}
+from .device import DEVICE_KINDS, INDEXED_KINDS, Device, array_device, default_device_string, parse_device
 
 _cache: dict[Device, Backend] = {}
 _parsed: dict[str, Device] = {}
@@ -29,15 +22,26 @@ _lock = threading.Lock()
 
 
 def _backend_class(kind: str) -> Callable[[Device], Backend]:
-    module_name, class_name = _BACKEND_CLASSES[kind]
+    module_name, class_name = DEVICE_KINDS[kind].backend.split(":")
     return getattr(importlib.import_module(module_name), class_name)
+
+
+def device_count(kind: str) -> int:
+    """Number of usable devices of the numbered kind ``kind``; 0 when its driver or devices are missing."""
+    return int(DEVICE_KINDS[kind].load_runtime().device_count())
 
 
 def cuda_device_count() -> int:
     """Number of usable CUDA GPUs; 0 when CuPy is missing or no GPU is visible."""
-    from . import cuda_runtime
+    return device_count("cuda")
 
-    return cuda_runtime.device_count()
+
+def _auto_device() -> str:
+    """The first usable device of the first numbered kind that has one (``cuda:0``), else ``"cpu"``."""
+    for kind in INDEXED_KINDS:
+        if device_count(kind.name) > 0:
+            return f"{kind.name}:0"
+    return "cpu"
 
 
 def backend(device: str | Device | None = None) -> Backend:
@@ -61,7 +65,7 @@ def backend(device: str | Device | None = None) -> Backend:
         spec = default_device_string() if device is None else device
         auto = isinstance(spec, str) and spec.strip().lower() == "auto"
         if auto:  # not remembered: which device "auto" means is asked each time
-            spec = "cuda:0" if cuda_device_count() > 0 else "cpu"
+            spec = _auto_device()
         parsed = parse_device(spec)
         if isinstance(device, str) and not auto:
             _parsed[device] = parsed
@@ -70,49 +74,44 @@ def backend(device: str | Device | None = None) -> Backend:
         return cached
     with _lock:
         if parsed not in _cache:
-            if parsed.kind == "cuda":
-                # Say why CUDA is unusable (CuPy missing, no GPU, index out of range) before
+            kind = DEVICE_KINDS[parsed.kind]
+            if kind.indexed:
+                # Say why the device is unusable (driver missing, no GPU, index out of range) before
                 # importing the backend module, so the user never sees a raw import traceback.
-                from . import cuda_runtime
-
-                assert parsed.index is not None  # Device rejects a cuda device without an index
-                cuda_runtime.require_device(parsed.index)
+                kind.load_runtime().require_device(parsed.index)
             _cache[parsed] = _backend_class(parsed.kind)(parsed)
         return _cache[parsed]
 
 
 def available_devices() -> list[str]:
     """Canonical strings of every device usable here, e.g. ``["numpy", "cpu", "cuda:0"]``."""
-    devices = ["numpy", "cpu"]
-    devices.extend(f"cuda:{index}" for index in range(cuda_device_count()))
+    devices: list[str] = []
+    for kind in DEVICE_KINDS.values():
+        if kind.indexed:
+            devices.extend(f"{kind.name}:{index}" for index in range(device_count(kind.name)))
+        else:
+            devices.append(kind.name)
     return devices
 
 
 def is_host_array(x: object) -> bool:
-    """Whether ``x`` is a NumPy array in host memory (not a CUDA array, which may also look array-like)."""
-    if type(x) is np.ndarray:  # the common case, and no CUDA array is exactly an ndarray
+    """Whether ``x`` is a NumPy array in host memory (not a device array, which may also look array-like)."""
+    if type(x) is np.ndarray:  # the common case, and no device array is exactly an ndarray
         return True
-    return isinstance(x, np.ndarray) and _cuda_index(x) is None
-
-
-def _cuda_index(x: object) -> int | None:
-    """The GPU index of a CUDA array (CuPy or any ``__cuda_array_interface__`` array with a device id), else None."""
-    if not hasattr(x, "__cuda_array_interface__"):
-        return None
-    index = getattr(getattr(x, "device", None), "id", None)
-    return int(index) if index is not None else 0
+    return isinstance(x, np.ndarray) and array_device(x) is None
 
 
 def backend_of(x: object, default: str | Device | None = None) -> Backend:
-    """The backend whose device holds ``x``: ``cuda:N`` for a GPU array, else ``backend(default)``.
+    """The backend whose device holds ``x``: ``cuda:N`` for an array on GPU N, else ``backend(default)``.
 
     Host arrays (NumPy, lists) live on no particular host backend, so they get the default device.
+    The device kinds' runtimes say which arrays are theirs (:func:`~fusednn.backends.device.array_device`).
     """
-    index = _cuda_index(x)
-    return backend(default) if index is None else backend(Device("cuda", index))
+    device = array_device(x)
+    return backend(default) if device is None else backend(device)
 
 
 def to_host(x: object) -> np.ndarray:
     """Copy any array fusednn handles (NumPy, CuPy, lists) into a NumPy array on the host."""
-    index = _cuda_index(x)
-    return np.asarray(x) if index is None else backend(Device("cuda", index)).to_numpy(x)
+    device = array_device(x)
+    return np.asarray(x) if device is None else backend(device).to_numpy(x)

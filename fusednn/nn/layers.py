@@ -328,6 +328,19 @@ class Dense(Layer):
     def _drop_cache(self) -> None:
         self._cache = None
 
+    def bind(
+        self,
+        backend: Backend,
+        params: Sequence[Array],
+        grads: Sequence[Array],
+        buffers: Sequence[Array] = (),
+        index: int = 0,
+    ) -> None:
+        """As :meth:`Layer.bind`, and fetch the backend's trusted dense paths once for the training steps."""
+        super().bind(backend, params, grads, buffers, index)
+        self._dense_forward = backend.trusted("dense_forward")
+        self._dense_backward = backend.trusted("dense_backward")
+
     def initial_values(self, rng: np.random.Generator) -> list[np.ndarray]:
         """Fresh float64 host values ``[W, b]`` drawn with this layer's initialiser."""
         W = initial_weights(self._init_name, self.in_features, self.out_features, rng)
@@ -356,29 +369,26 @@ class Dense(Layer):
             backend.add_l1_l2_gradient(self.W, self.dW, self.l1, self.l2)
         return dx
 
-    # The two methods below are what the layer's model calls in each training step. The model
-    # has checked its input once (a C-contiguous array of this backend in the model's dtype with
-    # ``in_features`` columns), each layer's output is the next one's input, ``W``/``b``/``dW``/``db``
-    # are views of the model's own buffers and the activation was checked in ``__init__``: all the
-    # backend's dense checks would verify, so the layers skip them (most of a small layer's cost).
-
     def _forward_in_model(self, x: Array, training: bool, keep: bool) -> Array:
-        """:meth:`forward` on an input its model has checked."""
+        """:meth:`forward` on an input its model has checked, through the backend's trusted path.
+
+        The model's checked input, the model's own parameter views and the activation checked in
+        ``__init__`` meet every guarantee of :meth:`~fusednn.backends.Backend.trusted`.
+        """
         assert self.backend is not None  # the model bound the layer when it was built
-        y, z = self.backend._dense_forward_unchecked(x, self.W, self.b, self.activation)
+        y, z = self._dense_forward(x, self.W, self.b, self.activation)
         if keep:
             self._cache = (x, z, y)
         return y
 
     def _backward_in_model(self, dy: Array, need_input_grad: bool) -> Array | None:
-        """:meth:`backward` on a gradient its model has checked, after a forward pass that kept its inputs."""
+        """:meth:`backward` on a gradient its model has checked, after a forward pass that kept its inputs,
+        through the backend's trusted path (the gradient views are the model's own C-contiguous buffers)."""
         # The model bound the layer and checked that a forward pass was kept.
         assert self.backend is not None and self._cache is not None
         x, z, y = self._cache
         backend = self.backend
-        dx = backend._dense_backward_unchecked(
-            x, self.W, z, y, dy, self.activation, self.dW, self.db, need_dx=need_input_grad
-        )
+        dx = self._dense_backward(x, self.W, z, y, dy, self.activation, self.dW, self.db, need_input_grad)
         if self.has_penalty:
             backend.add_l1_l2_gradient(self.W, self.dW, self.l1, self.l2)
         return dx

@@ -207,11 +207,9 @@ class CategoricalCrossentropy(Loss):
     def _compute(self, backend: Backend, out: Array, target: Any) -> tuple[Array, Array]:
         if target.ndim == 1:
             if is_host_array(target) and target.size:
-                # Everything the backend would check holds: __call__ checked that out is a 2-D float
-                # array of the backend with one row per label, and host labels are integers in [0, C)
-                # (checked there, or once per call by fit/evaluate), so N, C >= 1. Skipping the
-                # backend's checks spares a second pass over the labels.
-                return backend._softmax_cross_entropy_unchecked(out, backend.asindex(target))
+                # __call__ checked out and the host labels (or fit did, once per call): Backend.trusted's
+                # guarantees hold, and the trusted path spares a second pass over the labels.
+                return backend.trusted("softmax_cross_entropy")(out, backend.asindex(target))
             return backend.softmax_cross_entropy(out, backend.asindex(target, name="target"))
         target = backend.asarray(target, dtype=out.dtype, name="target")
         if tuple(target.shape) != tuple(out.shape):

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..backends.base import as_real_host_array
+from ..backends.base import as_real_host_array, check_label_range
 
 if TYPE_CHECKING:
     from .losses import Loss
@@ -191,17 +191,7 @@ def check_class_labels(y: np.ndarray, n_classes: int, name: str) -> None:
             raise TypeError(f"{name} class labels must be integers, got {y[row]} at row {row}")
     elif y.dtype.kind not in "iu":
         raise TypeError(f"{name} class labels must be integers, got an array of dtype {y.dtype.name!r}")
-    elif y.size == 0 or y.view(y.dtype.str.replace("i", "u")).max() < n_classes:
-        # Integers in range, in one reduction (this runs in every step of a loop written by hand): seen as
-        # unsigned, a negative label is above any class count.
-        return
-    found = first_outside(y, 0, n_classes - 1)
-    if found is not None:
-        index, value = found
-        raise ValueError(
-            f"{name} class labels must lie in [0, {n_classes}) for {n_classes} output columns, "
-            f"got {value} at {entry_location(index)}"
-        )
+    check_label_range(y, n_classes, f"{name} class labels", f" for {n_classes} output columns")
 
 
 def check_data(

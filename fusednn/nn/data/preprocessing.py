@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from ...backends.base import check_label_range
 from ..validation import check_seed
 
 
@@ -180,8 +181,7 @@ def one_hot(labels: Any, num_classes: int | None = None, dtype: Any = np.float32
         labels = labels.astype(np.int64)
     if num_classes is None:
         num_classes = int(labels.max()) + 1 if labels.size else 0
-    if labels.size and (labels.min() < 0 or labels.max() >= num_classes):
-        raise ValueError(f"labels must lie in [0, {num_classes}), got values in [{labels.min()}, {labels.max()}]")
+    check_label_range(labels, num_classes, "labels")
     out = np.zeros((labels.shape[0], num_classes), dtype=dtype)
     out[np.arange(labels.shape[0]), labels] = 1
     return out
