@@ -26,25 +26,13 @@ from typing import Any
 import pytest
 
 from benchmarks.configs import CONFIGS, Config
-from benchmarks.peers import fusednn_step
+from benchmarks.peers import fusednn_step, make_batch
 from benchmarks.suite import grid
 
 LOOPS = ("public", "minimal")
 CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
 TARGET = 1.5
 """The public loop's step may cost at most this many minimal steps."""
-
-
-def _problem(config: Config) -> tuple[Any, Any, Any, Any]:
-    import numpy as np
-
-    from fusednn import nn
-
-    rng = np.random.default_rng(0)
-    model = nn.MLP(list(config.sizes), activation=config.activation, device="cpu", dtype="float32", seed=0)
-    x = rng.standard_normal((config.batch, config.sizes[0])).astype(np.float32)
-    y = rng.integers(0, config.sizes[-1], config.batch)
-    return model, nn.Adam(model.parameters(), lr=1e-3), x, y
 
 
 def public_step(config: Config, device: str = "cpu") -> Callable[[], Any]:
@@ -56,11 +44,13 @@ def minimal_step(config: Config) -> Callable[[], Any]:
     """The same step with nothing but the kernels: buffers preallocated, no checks, no dispatch."""
     import numpy as np
 
+    from fusednn import nn
     from fusednn.backends.base import adam_scalars
     from fusednn.kernels.activation_codes import ACTIVATION_CODES
     from fusednn.kernels.cpu import dense, losses, optim
 
-    model, optimizer, x, y = _problem(config)
+    model = nn.MLP(list(config.sizes), activation=config.activation, device="cpu", dtype="float32", seed=0)
+    x, y = make_batch(config)  # the public step's batch
     params = model.parameters()
     weights = [(layer.W, layer.b, layer.dW, layer.db) for layer in model.layers]
     epilogues = [dense.for_activation(ACTIVATION_CODES[layer.activation]) for layer in model.layers]
@@ -93,7 +83,6 @@ def minimal_step(config: Config) -> Callable[[], Any]:
         )  # fmt: skip
         return total
 
-    del optimizer
     return step
 
 
