@@ -36,14 +36,16 @@ Design choices, each so that one code path serves every device:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
 import sys
 import warnings
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field, replace
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -54,10 +56,14 @@ from .callbacks import EarlyStopping, History, NonFiniteLossError, NonFiniteStat
 from .checkpoint import EpochCheckpoints
 from .compiled import epoch_plan
 from .data import train_val_split
+from .data_parallel import DataParallel, data_fingerprint
 from .losses import Loss, get_loss
 from .optim import Optimizer, get_optimizer
 from .schedules import ScheduleFn, learning_rates
 from .validation import check_data, check_seed
+
+if TYPE_CHECKING:
+    from ..distributed import Communicator
 
 logger = logging.getLogger("fusednn.training")
 
@@ -148,28 +154,48 @@ def _has_penalty(model: Any) -> bool:
 
 
 def _evaluate_data(
-    model: Any, loss: Loss, data: _Data, metric_list: list[metrics_module.Metric], batch_size: int
+    model: Any,
+    loss: Loss,
+    data: _Data,
+    metric_list: list[metrics_module.Metric],
+    batch_size: int,
+    parallel: DataParallel | None = None,
 ) -> dict[str, float]:
     with model.backend.activate():  # the loop writes into device buffers directly
-        return _evaluate_on_device(model, loss, data, metric_list, batch_size)
+        return _evaluate_on_device(model, loss, data, metric_list, batch_size, parallel)
 
 
 def _evaluate_on_device(
-    model: Any, loss: Loss, data: _Data, metric_list: list[metrics_module.Metric], batch_size: int
+    model: Any,
+    loss: Loss,
+    data: _Data,
+    metric_list: list[metrics_module.Metric],
+    batch_size: int,
+    parallel: DataParallel | None,
 ) -> dict[str, float]:
+    """The logs of :func:`evaluate`; data-parallel, each rank evaluates its part of the rows and the ranks add up."""
     backend = model.backend
-    steps = math.ceil(data.n / batch_size)
+    first, last = (0, data.n) if parallel is None else parallel.rows(0, data.n)
+    steps = math.ceil((last - first) / batch_size)
     step_losses = backend.zeros(steps, model.dtype)
-    outputs = backend.empty((data.n, model.out_features), model.dtype) if metric_list else None
+    outputs = None
+    if metric_list:
+        outputs = (backend.empty if parallel is None else backend.zeros)((data.n, model.out_features), model.dtype)
     for i in range(steps):
-        a, b = i * batch_size, min(data.n, (i + 1) * batch_size)
+        a, b = first + i * batch_size, min(last, first + (i + 1) * batch_size)
         out = model._run(data.x[a:b], False, False)  # evaluation mode; _Data checked the input
         step_losses[i] = loss(out, data.y[a:b], check_target=False)[0]
         if outputs is not None:
             outputs[a:b] = out
     sizes = np.full(steps, batch_size, dtype=np.float64)
-    sizes[-1] = data.n - (steps - 1) * batch_size
-    value = float(np.dot(backend.to_numpy(step_losses).astype(np.float64), sizes) / data.n)
+    if steps:
+        sizes[-1] = last - first - (steps - 1) * batch_size
+    total = np.dot(backend.to_numpy(step_losses).astype(np.float64), sizes)
+    if parallel is not None:
+        total = parallel.reduce_host(np.array([total]))[0]
+        if outputs is not None:
+            parallel.reduce(outputs)
+    value = float(total / data.n)
     if _has_penalty(model):
         value += backend.to_float(model.regularization_loss())
     logs = {"loss": value}
@@ -232,6 +258,8 @@ class _Loop:
     metric_list: list[metrics_module.Metric]
     on_disk: Callable[[], str] = _no_checkpoint
     trainer: EpochTrainer | None = None
+    parallel: DataParallel | None = None
+    """Data-parallel: this rank's part of the job (``batch_size`` is then the global micro-batch)."""
     paths: list[str] = field(default_factory=list)
     """The path each epoch took so far (``"per-step"`` or the trainer's ``path``)."""
 
@@ -253,6 +281,7 @@ class _Loop:
                 self.trainer = None
         self.paths.append("per-step")
         model, backend, data, batch = self.model, self.model.backend, self.data, self.batch_size
+        parallel = self.parallel
         params = model.parameters()
         steps = math.ceil(data.n / batch)
         updates = math.ceil(steps / self.accumulate)
@@ -260,52 +289,70 @@ class _Loop:
         index = backend.asindex(order) if self.shuffle else None  # one host-to-device copy per epoch
         # The step losses, then a finite flag for each buffer _epoch_end checks (read in one go).
         step_losses = backend.zeros(steps + len(self._checked_buffers()), model.dtype)
-        outputs = backend.empty((data.n, model.out_features), model.dtype) if self.metric_list else None
+        outputs = None
+        if self.metric_list:
+            # Data-parallel: each rank fills its rows and the sum over ranks is every row's output.
+            outputs = (backend.empty if parallel is None else backend.zeros)((data.n, model.out_features), model.dtype)
         penalty = _has_penalty(model)
         accumulated = backend.zeros(params.size, model.dtype) if self.accumulate > 1 else None
         group_rows = 0
         rates = self._learning_rates(epoch, updates)
         if rates is not None and not self.schedule_per_step:
             self.optimizer.lr = rates[0]
-        for i in range(steps):
-            a, b = i * batch, min(data.n, (i + 1) * batch)
-            if index is None:
-                xb, yb = data.x[a:b], data.y[a:b]
-            else:
-                rows = index[a:b]
-                xb, yb = backend.take_rows(data.x, rows), backend.take_rows(data.y, rows)
-            first_in_group = i % self.accumulate == 0
-            if first_in_group:
-                group_rows = min(data.n, a + self.accumulate * batch) - a
-                if rates is not None and self.schedule_per_step:
-                    self.optimizer.lr = rates[i // self.accumulate]
-            out = model._run(xb, True, True)  # training mode; _Data checked the input once
-            value, dout = self.loss(out, yb, check_target=False)  # _Data checked every target once
-            if penalty:
-                value = value + model.regularization_loss()
-            step_losses[i] = value
-            if outputs is not None:
-                outputs[a:b] = out
-            model.backward(dout, need_input_grad=False)
-            if accumulated is not None:
-                # Mean-reduced losses: weigh each micro-batch's gradient by its share of the group's rows,
-                # so k micro-batches equal one batch k times larger.
-                share = (b - a) / group_rows
+        with self._stops_every_rank():
+            for i in range(steps):
+                a, b = i * batch, min(data.n, (i + 1) * batch)
+                lo, hi = (a, b) if parallel is None else parallel.rows(a, b)  # this rank's rows of the batch
+                first_in_group = i % self.accumulate == 0
                 if first_in_group:
-                    accumulated[...] = params.grad
-                    accumulated *= share
+                    group_rows = min(data.n, a + self.accumulate * batch) - a
+                    if rates is not None and self.schedule_per_step:
+                        self.optimizer.lr = rates[i // self.accumulate]
+                if hi > lo:
+                    if index is None:
+                        xb, yb = data.x[lo:hi], data.y[lo:hi]
+                    else:
+                        rows = index[lo:hi]
+                        xb, yb = backend.take_rows(data.x, rows), backend.take_rows(data.y, rows)
+                    out = model._run(xb, True, True)  # training mode; _Data checked the input once
+                    value, dout = self.loss(out, yb, check_target=False)  # _Data checked every target once
+                    if penalty:
+                        value = value + model.regularization_loss()
+                    # A rank's mean loss, weighed by its share of the batch: the ranks' sum is the batch's.
+                    step_losses[i] = value if parallel is None else value * ((hi - lo) / (b - a))
+                    if outputs is not None:
+                        outputs[lo:hi] = out
+                    model.backward(dout, need_input_grad=False)
+                else:  # data-parallel, a short last batch with no rows for this rank: it adds nothing
+                    params.grad[...] = 0
+                if accumulated is not None:
+                    # Mean-reduced losses: weigh each micro-batch's gradient by its share of the group's rows,
+                    # so k micro-batches equal one batch k times larger (and N ranks' parts, one N times larger).
+                    share = (hi - lo) / group_rows
+                    if first_in_group:
+                        accumulated[...] = params.grad
+                        accumulated *= share
+                    else:
+                        accumulated += params.grad * share
+                    if i % self.accumulate == self.accumulate - 1 or b == data.n:
+                        params.grad[...] = accumulated
+                        if parallel is not None:
+                            parallel.reduce_gradient(params.grad)
+                        self.optimizer.step()
                 else:
-                    accumulated += params.grad * share
-                if i % self.accumulate == self.accumulate - 1 or b == data.n:
-                    params.grad[...] = accumulated
+                    if parallel is not None:
+                        params.grad *= params.dtype.type((hi - lo) / (b - a))
+                        parallel.reduce_gradient(params.grad)
                     self.optimizer.step()
-            else:
-                self.optimizer.step()
-            if i == 0 and self.trainer is not None:
-                # The per-step kernels have compiled by now, so the trainer's compile does not hold them up.
-                self.trainer.compile(wait=False)
-            bar.update(1)
+                if i == 0 and self.trainer is not None:
+                    # The per-step kernels have compiled by now, so the trainer's compile does not hold them up.
+                    self.trainer.compile(wait=False)
+                bar.update(1)
         return self._epoch_end(epoch, steps, step_losses, outputs, order)
+
+    def _stops_every_rank(self) -> AbstractContextManager[Any]:
+        """Data-parallel: a failure inside the block aborts the job, as the other ranks may wait in an all-reduce."""
+        return contextlib.nullcontext() if self.parallel is None else self.parallel.comm.aborting_on_failure()
 
     def _trainer_ready(self, trainer: EpochTrainer) -> bool:
         """Whether the trainer runs now; if its background compile failed, drops it (with a warning)."""
@@ -365,13 +412,21 @@ class _Loop:
         checked = self._checked_buffers()
         backend.write_finite_flags(list(checked.values()), step_losses[steps:])
         read = backend.to_numpy(step_losses).astype(np.float64)  # the one read of the epoch
-        losses, finite = read[:steps], read[steps:]
+        parallel = self.parallel
+        if parallel is not None:  # the ranks' weighted losses sum to the batches'; each rank's flags count once
+            read = parallel.reduce_host(read)
+        losses, finite = read[:steps], read[steps:] == (1 if parallel is None else parallel.size)
         bad = np.flatnonzero(~np.isfinite(losses))
         if bad.size:
             raise NonFiniteLossError(epoch + 1, int(bad[0]) + 1, float(losses[bad[0]]), self.on_disk())
         if not finite.all():
             names = [name for name, flag in zip(checked, finite, strict=True) if not flag]
             raise NonFiniteStateError.in_epoch(names, epoch + 1, self.on_disk())
+        if parallel is not None:
+            parallel.average_buffers(self.model)
+            parallel.check_in_sync(self.model, self.optimizer, epoch)
+            if outputs is not None:
+                parallel.reduce(outputs)
         sizes = np.full(steps, batch, dtype=np.float64)
         sizes[-1] = data.n - (steps - 1) * batch
         logs = {"loss": float(np.dot(losses, sizes) / data.n)}
@@ -422,6 +477,7 @@ def fit(
     accumulate: int = 1,
     eval_batch_size: int = 4096,
     epoch_path: str = "auto",
+    distributed: str | Communicator | None = None,
 ) -> History:
     """Train ``model`` on ``(x, y)`` for ``epochs`` more epochs with mini-batch gradient descent.
 
@@ -437,7 +493,7 @@ def fit(
         epochs: how many epochs to run now. The epoch counter ``model.epochs_trained`` continues
             across calls and checkpoints, so fitting 2 epochs, saving, loading and fitting 2 more
             gives the weights of 4 uninterrupted epochs (bit-identical on one device).
-        batch_size: rows per mini-batch (per micro-batch with ``accumulate``).
+        batch_size: rows per mini-batch (per micro-batch with ``accumulate``; per rank with ``distributed``).
         validation_data / validation_split: a held-out ``(x_val, y_val)``, or the fraction of
             ``(x, y)`` to hold out by a split seeded with ``seed``.
         metrics: names from :data:`fusednn.nn.metrics.METRIC_NAMES`, logged for training and validation;
@@ -463,6 +519,17 @@ def fit(
             seconds), switching at the next epoch boundary; ``"compiled"``: wait for the compile, so
             every epoch is compiled and a run's numbers do not depend on how warm the JIT cache was
             (a ``ValueError`` if there is no compiled form); ``"per-step"``: every step from Python.
+        distributed: ``None`` (one process), ``"mpi"``, ``"nccl"`` or a
+            :class:`fusednn.distributed.Communicator`: train data-parallel over the ranks of the job
+            (``mpiexec -n N python script.py``). ``batch_size`` is then each rank's: every rank takes its
+            slice of each global batch of ``N * batch_size`` rows from the one seeded permutation, and one
+            all-reduce of the flat gradient buffer per optimizer step gives every rank the update of one
+            process with batch ``N * batch_size`` (see :mod:`fusednn.nn.data_parallel`). Weights and optimizer
+            state start as rank 0's; losses and metrics are reduced over the ranks, so every rank returns
+            the same history; rank 0 alone shows progress, logs and writes ``checkpoint``. The steps run
+            per step (the all-reduce runs between them). A rank that fails mid-epoch aborts the job
+            with its error (:meth:`fusednn.distributed.Communicator.abort`); errors found while setting up or
+            writing a checkpoint are raised on every rank.
 
     Returns:
         A :class:`History` with one value per epoch of ``loss``, each metric, and their ``val_`` forms.
@@ -497,54 +564,71 @@ def fit(
     >>> len(history.history["accuracy"])
     3
     """
-    epochs = _check_positive_int("epochs", epochs)
-    batch_size = _check_positive_int("batch_size", batch_size)
-    accumulate = _check_positive_int("accumulate", accumulate)
-    eval_batch_size = _check_positive_int("eval_batch_size", eval_batch_size)
-    if epoch_path not in EPOCH_PATHS:
-        raise ValueError(f"epoch_path must be one of {EPOCH_PATHS}, got {epoch_path!r}")
-    if schedule_interval not in ("step", "epoch"):
-        raise ValueError(f"schedule_interval must be 'step' or 'epoch', got {schedule_interval!r}")
-    if schedule is not None and not callable(schedule):
-        raise TypeError(f"schedule must be callable (t -> lr), got {type(schedule).__name__}")
-    if early_stopping is not None and not isinstance(early_stopping, EarlyStopping):
-        raise TypeError(f"early_stopping must be an nn.EarlyStopping, got {type(early_stopping).__name__}")
-    if checkpoint is None and checkpoint_extra:
-        raise ValueError("checkpoint_extra is saved with a checkpoint; pass checkpoint=path too")
-    checkpoints = (
-        EpochCheckpoints(checkpoint, checkpoint_overwrite, checkpoint_extra) if checkpoint is not None else None
-    )
-    seed = check_seed(seed)
-    if seed is None:
-        # SeedSequence() draws its entropy from the OS as one int; the stub's type covers entropy passed in too.
-        seed = int(cast(int, np.random.SeedSequence().entropy) % 2**63)
-    loss_fn = get_loss(loss, device=model.device)
-    metric_list = _resolve_metrics(metrics, loss_fn, model.out_features)
-    opt = _build_optimizer(model, optimizer, optimizer_kwargs, lr)
-
-    # Checked before the split, so an error names the row the user knows and a mask is seen before it is dropped.
-    # A split's validation rows are checked again below: a fraction of this pass, for one path through _Data.
-    x, y = _checked(model, loss_fn, x, y, "training")
-    x_train, y_train, validation = _validation(validation_data, validation_split, x, y, seed)
-    train = _Data(model, loss_fn, x_train, y_train)
-    val = None if validation is None else _Data(model, loss_fn, *_checked(model, loss_fn, *validation, "validation"))
-    loop = _Loop(
-        model,
-        loss_fn,
-        opt,
-        train,
-        batch_size,
-        accumulate,
-        seed,
-        shuffle,
-        schedule,
-        schedule_interval == "step",
-        metric_list,
-    )
-    if checkpoints is not None:
-        loop.on_disk = checkpoints.on_disk
-    if epoch_path != "per-step":
-        loop.trainer = _trainer(model, loss_fn, opt, batch_size, accumulate, train.labels, epoch_path == "compiled")
+    comm = _communicator(distributed, model)
+    parallel = None if comm is None else DataParallel(comm)
+    ranks = 1 if parallel is None else parallel.size
+    with _agreement(comm, "checking fit's arguments"):
+        epochs = _check_positive_int("epochs", epochs)
+        batch_size = _check_positive_int("batch_size", batch_size)
+        accumulate = _check_positive_int("accumulate", accumulate)
+        eval_batch_size = _check_positive_int("eval_batch_size", eval_batch_size)
+        if epoch_path not in EPOCH_PATHS:
+            raise ValueError(f"epoch_path must be one of {EPOCH_PATHS}, got {epoch_path!r}")
+        if parallel is not None and epoch_path == "compiled":
+            raise ValueError(
+                "epoch_path='compiled': data-parallel training all-reduces between steps, so it has no compiled "
+                "epochs; use 'auto' or 'per-step'"
+            )
+        if schedule_interval not in ("step", "epoch"):
+            raise ValueError(f"schedule_interval must be 'step' or 'epoch', got {schedule_interval!r}")
+        if schedule is not None and not callable(schedule):
+            raise TypeError(f"schedule must be callable (t -> lr), got {type(schedule).__name__}")
+        if early_stopping is not None and not isinstance(early_stopping, EarlyStopping):
+            raise TypeError(f"early_stopping must be an nn.EarlyStopping, got {type(early_stopping).__name__}")
+        if checkpoint is None and checkpoint_extra:
+            raise ValueError("checkpoint_extra is saved with a checkpoint; pass checkpoint=path too")
+        checkpoints = None
+        if checkpoint is not None and (comm is None or comm.is_root):  # rank 0 writes the files
+            checkpoints = EpochCheckpoints(checkpoint, checkpoint_overwrite, checkpoint_extra)
+        seed = check_seed(seed)
+        if seed is None:
+            # SeedSequence() draws its entropy from the OS as one int; the stub's type covers entropy passed in too.
+            seed = int(cast(int, np.random.SeedSequence().entropy) % 2**63)
+        loss_fn = get_loss(loss, device=model.device)
+        metric_list = _resolve_metrics(metrics, loss_fn, model.out_features)
+        opt = _build_optimizer(model, optimizer, optimizer_kwargs, lr)
+        # Checked before the split, so an error names the row the user knows and a mask is seen before it is dropped.
+        x, y = _checked(model, loss_fn, x, y, "training")
+    if comm is not None:
+        seed = comm.allgather_object(seed)[0]  # rank 0's, drawn or given: it orders and splits the data
+    with _agreement(comm, "preparing the data"):
+        # A split's validation rows are checked again below: a fraction of this pass, for one path through _Data.
+        x_train, y_train, validation = _validation(validation_data, validation_split, x, y, seed)
+        if validation is not None:
+            validation = _checked(model, loss_fn, *validation, "validation")
+        train = _Data(model, loss_fn, x_train, y_train)
+        val = None if validation is None else _Data(model, loss_fn, *validation)
+        loop = _Loop(
+            model,
+            loss_fn,
+            opt,
+            train,
+            batch_size * ranks,
+            accumulate,
+            seed,
+            shuffle,
+            schedule,
+            schedule_interval == "step",
+            metric_list,
+            parallel=parallel,
+        )
+        if checkpoints is not None:
+            loop.on_disk = checkpoints.on_disk
+        if epoch_path != "per-step" and parallel is None:
+            loop.trainer = _trainer(model, loss_fn, opt, batch_size, accumulate, train.labels, epoch_path == "compiled")
+    if parallel is not None:
+        parallel.check_same("training", _training_facts(loop, epochs, eval_batch_size, x_train, y_train, validation))
+        parallel.start(model, opt)
     first = int(model.epochs_trained)
     last = first + epochs
     history = History(
@@ -553,7 +637,8 @@ def fit(
             "initial_epoch": first,
             "batch_size": batch_size,
             "accumulate": accumulate,
-            "steps": math.ceil(train.n / batch_size),
+            "ranks": ranks,
+            "steps": math.ceil(train.n / (batch_size * ranks)),
             "samples": train.n,
             "seed": seed,
             "device": model.device,
@@ -564,31 +649,91 @@ def fit(
     )
     if early_stopping is not None:
         early_stopping._reset()
-    show_bar = progress and sys.stderr.isatty()
+    root = comm is None or comm.is_root  # the rank that shows progress, logs and writes
+    show_bar = progress and root and sys.stderr.isatty()
     for epoch in range(first, last):
         with tqdm(
             total=history.params["steps"], desc=f"epoch {epoch + 1}/{last}", unit="batch", disable=not show_bar
         ) as bar:
             logs = loop.run_epoch(epoch, bar)
             if val is not None:
-                val_logs = _evaluate_data(model, loss_fn, val, metric_list, eval_batch_size)
+                with loop._stops_every_rank():
+                    val_logs = _evaluate_data(model, loss_fn, val, metric_list, eval_batch_size, parallel)
                 logs.update({f"val_{key}": value for key, value in val_logs.items()})
             bar.set_postfix({key: f"{value:.4g}" for key, value in logs.items()})
         model.epochs_trained = epoch + 1
         history.params["epoch_path"] = ", then ".join(dict.fromkeys(loop.paths))
         history.params["compiled_epochs"] = sum(path != "per-step" for path in loop.paths)
         history._record(epoch, logs)
-        logger.info("epoch %d/%d: %s", epoch + 1, last, "  ".join(f"{k}={v:.6g}" for k, v in logs.items()))
+        if root:
+            logger.info("epoch %d/%d: %s", epoch + 1, last, "  ".join(f"{k}={v:.6g}" for k, v in logs.items()))
         stop = early_stopping is not None and early_stopping._update(epoch, logs, _trained_state(model))
-        if checkpoints is not None:
-            checkpoints.save(model, opt, history.history)
+        with _agreement(comm, f"writing the checkpoint of epoch {epoch + 1}"):
+            if checkpoints is not None:
+                checkpoints.save(model, opt, history.history)
         if stop:
             assert early_stopping is not None  # only an EarlyStopping stops training early
-            logger.info("early stopping after epoch %d: %s did not improve", epoch + 1, early_stopping.monitor)
+            if root:
+                logger.info("early stopping after epoch %d: %s did not improve", epoch + 1, early_stopping.monitor)
             break
     if early_stopping is not None:
         early_stopping._restore(_trained_state(model))
     return history
+
+
+def _communicator(distributed: Any, model: Any) -> Any:
+    """The :class:`~fusednn.distributed.Communicator` of ``fit(distributed=...)``, or ``None`` on one device.
+
+    Imports :mod:`fusednn.distributed` only when asked: a run on one device loads nothing of it.
+    """
+    if distributed is None:
+        return None
+    from .. import distributed as dist
+
+    if isinstance(distributed, dist.Communicator):
+        return distributed
+    if not isinstance(distributed, str):
+        raise TypeError(
+            f"distributed must be None, one of {dist.KINDS} or a fusednn.distributed.Communicator, "
+            f"got {type(distributed).__name__}"
+        )
+    return dist.connect(distributed, model.backend)
+
+
+def _agreement(comm: Any, what: str) -> AbstractContextManager[Any]:
+    """``comm.agreement(what)`` (every rank raises if one does), or nothing on one device."""
+    return contextlib.nullcontext() if comm is None else comm.agreement(what)
+
+
+def _training_facts(
+    loop: _Loop,
+    epochs: int,
+    eval_batch_size: int,
+    x: np.ndarray,
+    y: np.ndarray,
+    validation: tuple[np.ndarray, np.ndarray] | None,
+) -> dict[str, Any]:
+    """What every rank of a data-parallel :func:`fit` must agree on, by name (small values and checksums)."""
+    model, optimizer = loop.model, loop.optimizer
+    config = model.get_config()
+    config.pop("seed")  # the weights come from rank 0, whatever seed each rank drew them with
+    return {
+        "model": config,
+        "layer states": model.layer_states(),
+        "epochs trained": int(model.epochs_trained),
+        "optimizer": optimizer.get_config(),
+        "optimizer step": optimizer.step_count,
+        "loss": loop.loss.name,
+        "metrics": [metric.name for metric in loop.metric_list],
+        "epochs": epochs,
+        "batch size": loop.batch_size,
+        "accumulate": loop.accumulate,
+        "eval batch size": eval_batch_size,
+        "shuffle": loop.shuffle,
+        "schedule interval": loop.schedule_per_step,
+        "training data": data_fingerprint(x, y),
+        "validation data": None if validation is None else data_fingerprint(*validation),
+    }
 
 
 def _trained_state(model: Any) -> list[Array]:
