@@ -46,6 +46,10 @@ class CommandError(Exception):
         super().__init__(message)
         self.status = status
 
+    def __reduce__(self) -> tuple[type[CommandError], tuple[ExitStatus, str]]:
+        # Pickled whole, so that under --distributed every rank fails with the failing rank's exit status.
+        return type(self), (self.status, str(self))
+
 
 def first_line(error: BaseException) -> str:
     """An exception's message, cut to its first line (the command promises one-line errors).

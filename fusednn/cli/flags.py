@@ -24,11 +24,20 @@ BASE_BATCH = 256
 """The batch size ``--lr-scaling linear`` scales the learning rate from (Goyal et al., 2017)."""
 
 
-MAY_CHANGE_ON_RESUME = frozenset({"epochs", "device", "epoch_path", "out", "overwrite", "resume", "no_progress"})
-"""Flags a resumed run may set anew: how long, where and how verbosely it runs, not what it computes."""
+MAY_CHANGE_ON_RESUME = frozenset(
+    {"epochs", "device", "epoch_path", "distributed", "out", "overwrite", "resume", "no_progress"}
+)
+"""Flags a resumed run may set anew: how long, where and how verbosely it runs, not what it computes.
 
-NOT_FROM_THE_RECORD = frozenset({"device", "epoch_path", "overwrite", "resume", "no_progress"})
+A run resumed on another number of ranks keeps its global batch (see :func:`fusednn.cli.resume.settings`).
+"""
+
+NOT_FROM_THE_RECORD = frozenset({"device", "epoch_path", "distributed", "overwrite", "resume", "no_progress"})
 """Flags a resumed run takes from its own command line (given or default), never from the saved record."""
+
+
+DISTRIBUTED = ("mpi", "nccl")
+"""``--distributed`` choices: :data:`fusednn.distributed.KINDS`, named here so that parsing imports nothing of it."""
 
 
 class FlagError(Exception):
@@ -156,6 +165,13 @@ def build_parsers(description: str) -> tuple[argparse.ArgumentParser, argparse.A
         default="auto",
         help="auto: compiled epochs where the device has them, per step while they first compile; "
         "compiled: wait for them (every epoch one path); per-step: never compile them",
+    )
+    model.add_argument(
+        "--distributed",
+        choices=list(DISTRIBUTED),
+        default=None,
+        help="train data-parallel over the ranks mpiexec starts (mpiexec -n N fusednn train ...): mpi on any "
+        "device, nccl on one GPU per rank (--device cuda picks each rank's own); --batch-size is each rank's",
     )
 
     opt = train.add_argument_group("optimisation")

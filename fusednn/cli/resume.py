@@ -36,13 +36,22 @@ def load(path: str, device: str | None) -> nn.Checkpoint:
 
 
 def settings(
-    args: argparse.Namespace, given: set[str], checkpoint: nn.Checkpoint, train: argparse.ArgumentParser
+    args: argparse.Namespace,
+    given: set[str],
+    checkpoint: nn.Checkpoint,
+    train: argparse.ArgumentParser,
+    ranks: int = 1,
 ) -> argparse.Namespace:
     """The settings of the resumed run: the saved record, plus the flags typed now that may change.
 
+    A run may resume on another number of ``ranks`` (``--distributed``) than it was saved
+    by (the record's ``"ranks"``, 1 if absent): it keeps its global batch, ``--batch-size``
+    times the ranks, so each rank's ``--batch-size`` becomes the global batch over ``ranks``.
+
     Raises:
         CommandError: the checkpoint has no record, a malformed one, one that does
-            not describe the model it holds, or a typed flag contradicts it.
+            not describe the model it holds, a typed flag contradicts it, or the saved
+            global batch does not split evenly over ``ranks``.
     """
     where = checkpoint.path
     if "args" not in checkpoint.extra:
@@ -56,6 +65,7 @@ def settings(
     except FlagError as error:
         raise _malformed(where, f"its saved args do not parse: {error}") from None
     _check_record_describes_model(record, checkpoint)
+    _share_global_batch(record, checkpoint.extra["args"], ranks, where)
     conflicts = [dest for dest in sorted(given - MAY_CHANGE_ON_RESUME) if not _same(dest, args, record)]
     if conflicts:
         typed = ", ".join(describe(dest, getattr(args, dest)) for dest in conflicts)
@@ -71,6 +81,24 @@ def settings(
     for dest in NOT_FROM_THE_RECORD | (given & MAY_CHANGE_ON_RESUME):
         setattr(merged, dest, getattr(args, dest))
     return merged
+
+
+def _share_global_batch(record: argparse.Namespace, saved: dict[str, Any], ranks: int, where: str) -> None:
+    """Set the record's per-rank ``batch_size`` for ``ranks`` ranks, keeping the saved run's global batch."""
+    saved_ranks = saved.get("ranks", 1)
+    if isinstance(saved_ranks, bool) or not isinstance(saved_ranks, int) or saved_ranks < 1:
+        raise _malformed(where, f"its saved args give {saved_ranks!r} ranks; expected a positive integer")
+    if saved_ranks == ranks:
+        return
+    global_batch = record.batch_size * saved_ranks
+    if global_batch % ranks:
+        raise CommandError(
+            ExitStatus.CHECKPOINT,
+            f"--resume {where!r} trained with a global batch of {global_batch} rows ({record.batch_size} on each of "
+            f"{saved_ranks} ranks), which {ranks} ranks cannot share evenly; resume it on a number of ranks "
+            f"that divides {global_batch}",
+        )
+    record.batch_size = global_batch // ranks
 
 
 def history(checkpoint: nn.Checkpoint) -> dict[str, list[float]]:

@@ -10,6 +10,7 @@ one line and returns its exit status.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 import time
@@ -47,6 +48,17 @@ class _Run:
     resumed: nn.Checkpoint | None = None
     history: dict[str, list[float]] = field(default_factory=dict)
     given_anew: list[str] = field(default_factory=list)
+    comm: Any = None
+    """``--distributed``: the job's communicator (``None`` on one device)."""
+
+    @property
+    def ranks(self) -> int:
+        return 1 if self.comm is None else int(self.comm.size)
+
+    @property
+    def root(self) -> bool:
+        """Whether this process prints and writes: rank 0, or the only process."""
+        return self.comm is None or bool(self.comm.is_root)
 
     @property
     def classify(self) -> bool:
@@ -70,17 +82,39 @@ def train(args: argparse.Namespace, parser: argparse.ArgumentParser, given: set[
     """
     if given is None:
         given = {dest for dest, value in vars(args).items() if value != parser.get_default(dest)}
+    comm = None
     try:
-        run = _prepare(args, given, parser)
+        comm = _communicator(args)
+        with contextlib.nullcontext() if comm is None else comm.agreement("preparing the run"):
+            run = _prepare(args, given, parser, comm)
         return _train(run, args)
     except CommandError as error:
+        if comm is not None and not comm.is_root:  # every rank fails alike; rank 0 says why, once
+            return int(error.status)
         if error.status == ExitStatus.USAGE:
             argparse.ArgumentParser.error(parser, str(error))  # usage, one line, exit status 2
-        print(f"fusednn train: error: {error}", file=sys.stderr)
+        print(f"fusednn train: error: {error}{_on_rank(error)}", file=sys.stderr)
         return int(error.status)
     except KeyboardInterrupt:
-        print("\nfusednn train: interrupted before training started; nothing was written", file=sys.stderr)
+        if comm is None or comm.is_root:
+            print("\nfusednn train: interrupted before training started; nothing was written", file=sys.stderr)
         return int(ExitStatus.INTERRUPTED)
+
+
+def _on_rank(error: BaseException) -> str:
+    """Where another rank's error came from (the note :meth:`Communicator.agreement` adds), as a suffix."""
+    notes = getattr(error, "__notes__", None)
+    return f" ({notes[-1]})" if notes else ""
+
+
+def _communicator(args: argparse.Namespace) -> Any:
+    """``--distributed``: the job's :class:`~fusednn.distributed.Communicator`, or ``None`` (nothing imported)."""
+    if args.distributed is None:
+        return None
+    from .. import distributed
+
+    with failing_as(ExitStatus.USAGE, ValueError), failing_as(ExitStatus.DEVICE, RuntimeError, ImportError):
+        return distributed.connect(args.distributed, fusednn.backend(args.device))
 
 
 def _check_flags(settings: argparse.Namespace) -> None:
@@ -103,28 +137,32 @@ def _check_flags(settings: argparse.Namespace) -> None:
         raise CommandError(ExitStatus.USAGE, problem)
 
 
-def _prepare(args: argparse.Namespace, given: set[str], parser: argparse.ArgumentParser) -> _Run:
+def _prepare(args: argparse.Namespace, given: set[str], parser: argparse.ArgumentParser, comm: Any) -> _Run:
+    """Everything before training; with ``--distributed`` every rank runs it, and rank 0 alone touches ``--out``."""
     with failing_as(ExitStatus.USAGE, ValueError), failing_as(ExitStatus.DEVICE, RuntimeError, ImportError):
         fusednn.backend(args.device)  # an unknown or unusable device fails here, before any work
+    ranks = 1 if comm is None else comm.size
+    root = comm is None or comm.is_root
     resumed = resume.load(args.resume, args.device) if args.resume else None
-    settings = resume.settings(args, given, resumed, parser) if resumed else args
+    settings = resume.settings(args, given, resumed, parser, ranks) if resumed else args
     _check_flags(settings)
     outputs = Outputs(Path(settings.out or Path("runs") / Path(settings.data).stem))
-    replace = out_files.prepare(outputs, args.resume, settings.overwrite)
+    replace = out_files.prepare(outputs, args.resume, settings.overwrite) if root else False
     context = ""
     if resumed is not None and "data" not in given:  # --data comes from the record: if it fails (moved?), say so
         context = f"--data {settings.data!r} (saved in --resume {args.resume!r})"
     dataset, splits = _load_data(settings, context)
-    lr = settings.lr * settings.batch_size * settings.accumulate / BASE_BATCH
+    lr = settings.lr * settings.batch_size * settings.accumulate * ranks / BASE_BATCH  # of the global batch
     lr = lr if settings.lr_scaling == "linear" else settings.lr
     with failing_as(ExitStatus.MEMORY, MemoryError, context="out of memory building the model"):
         model, optimizer, scaler, history = _model_and_state(args, settings, resumed, dataset, splits, lr)
     if scaler is not None:
         with failing_as(ExitStatus.MEMORY, MemoryError, context="out of memory scaling --data"):
             splits = {name: (scaler.transform(x), y) for name, (x, y) in splits.items()}
-    out_files.create(outputs)
+    if root:
+        out_files.create(outputs)
     anew = sorted(given & MAY_CHANGE_ON_RESUME - {"resume"}) if resumed else []
-    return _Run(settings, outputs, replace, dataset, splits, model, optimizer, scaler, lr, resumed, history, anew)
+    return _Run(settings, outputs, replace, dataset, splits, model, optimizer, scaler, lr, resumed, history, anew, comm)
 
 
 def _load_data(settings: argparse.Namespace, context: str) -> tuple[Dataset, dict[str, tuple[np.ndarray, np.ndarray]]]:
@@ -245,7 +283,8 @@ def _banner(run: _Run) -> str:
     lines = [
         f"fusednn {fusednn.__version__}: {dataset.name}, {task}; {rows} rows, {scaling}",
         f"model {sizes} {'/'.join(sorted(hidden)) or 'linear'} on {model.device} ({model.dtype.name}); "
-        f"{run.optimizer!r}{schedule}; batch {settings.batch_size} x {settings.accumulate}",
+        f"{run.optimizer!r}{schedule}; batch {settings.batch_size} x {settings.accumulate}"
+        + (f" on each of {run.ranks} ranks ({run.comm.kind}), global batch {_global_batch(run)}" if run.comm else ""),
     ]
     if run.resumed is not None:
         anew = run.given_anew
@@ -256,10 +295,15 @@ def _banner(run: _Run) -> str:
     return "\n".join(lines)
 
 
+def _global_batch(run: _Run) -> int:
+    return int(run.settings.batch_size * run.settings.accumulate * run.ranks)
+
+
 def _train(run: _Run, args: argparse.Namespace) -> int:
     settings, model, outputs = run.settings, run.model, run.outputs
-    print(_banner(run), flush=True)
-    record = _record(settings, outputs)
+    if run.root:
+        print(_banner(run), flush=True)
+    record = _record(settings, outputs, run.ranks)
     extra = {"scaler": run.scaler.state_dict() if run.scaler is not None else None, "args": record}
     before = out_files.snapshot(outputs.checkpoint)
     history = dict(run.history)
@@ -268,31 +312,37 @@ def _train(run: _Run, args: argparse.Namespace) -> int:
     try:
         if remaining > 0:
             history = _fit(run, remaining, extra, history)
-        else:
+        elif run.root:
             assert run.resumed is not None  # a new model has trained no epochs, and --epochs is at least 1
             print(f"{run.resumed.path} has already trained {model.epochs_trained} epochs (--epochs {settings.epochs})")
         seconds = time.perf_counter() - started
+        if not run.root:  # the other ranks trained the same model; rank 0 saves and reports it
+            return int(ExitStatus.OK)
         with failing_as(ExitStatus.OUTPUT, OSError):
             nn.save(outputs.checkpoint, model, run.optimizer, **extra, history=history)
             report = _report(run, history, seconds, record)
             out_files.write_metrics(outputs.metrics, report)
             out_files.write_curves(outputs.curves, history)
     except nn.NonFiniteError as error:  # a diverged loss or non-finite weights: nothing bad was saved
-        print(f"fusednn train: error: {error}", file=sys.stderr)
+        if run.root:  # every rank found it in the same reduced losses
+            print(f"fusednn train: error: {error}", file=sys.stderr)
         return int(ExitStatus.DIVERGED)
     except KeyboardInterrupt:
-        print(f"\nfusednn train: {_interrupted(outputs, before, args.resume)}", file=sys.stderr)
+        if run.root:
+            print(f"\nfusednn train: {_interrupted(outputs, before, args.resume)}", file=sys.stderr)
         return int(ExitStatus.INTERRUPTED)
     print(f"wrote {outputs.checkpoint}, {outputs.metrics}, {outputs.curves}")
     return int(ExitStatus.OK)
 
 
-def _record(settings: argparse.Namespace, outputs: Outputs) -> dict[str, Any]:
+def _record(settings: argparse.Namespace, outputs: Outputs, ranks: int) -> dict[str, Any]:
     """The settings as saved in checkpoints and metrics.json, with the files the run used as absolute paths.
 
     Absolute, so that ``--resume`` from another directory finds the same data and ``--out``.
+    ``"ranks"`` (not a flag) says over how many ranks ``batch_size`` is each rank's.
     """
     record = {key: value for key, value in vars(settings).items() if key != "command"}
+    record["ranks"] = ranks
     if record["data"] not in BUILTIN_DATASETS:
         record["data"] = os.path.abspath(record["data"])
     if record["labels"] is not None:
@@ -324,6 +374,7 @@ def _fit(run: _Run, remaining: int, extra: dict[str, Any], history: dict[str, li
             seed=settings.seed,
             progress=not settings.no_progress,
             epoch_path=settings.epoch_path,
+            distributed=run.comm,
             early_stopping=nn.EarlyStopping(patience=settings.early_stopping) if settings.early_stopping else None,
             schedule=_schedule(settings, run.lr),
             checkpoint=run.outputs.checkpoint,

@@ -166,10 +166,10 @@ class Communicator(ABC):
 def _portable(error: BaseException) -> tuple[bytes | None, str, str]:
     """``error`` as (its pickle, or ``None`` if it has none; its type's name; its message)."""
     try:
-        pickled: bytes | None = pickle.dumps(error)
+        pickled = pickle.dumps(error)
         pickle.loads(pickled)  # an exception whose __init__ takes other arguments pickles but does not load
     except Exception:
-        pickled = None
+        return None, type(error).__name__, str(error)
     return pickled, type(error).__name__, str(error)
 
 
