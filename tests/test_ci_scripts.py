@@ -31,3 +31,12 @@ def test_gpu_script_without_a_gpu_runs_nothing_and_says_why(tmp_path: Path) -> N
     assert result.returncode == 3
     assert "no usable CUDA GPU" in result.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_ci_runs_the_readme_test_command() -> None:
+    readme = (CI.parent / "README.md").read_text()
+    commands = [line for line in readme.splitlines() if line.startswith("python -m pip install")]
+    assert len(commands) == 2, commands  # one runs the main job, one the tests
+    ci = (CI / "run").read_text().strip().splitlines()[-1]
+    assert ci.replace("pip install -q ", "pip install ") == commands[1]
+    assert "distributed" in commands[1]  # the two-rank MPI tests run in CI
