@@ -109,6 +109,12 @@ def test_a_rank_that_fails_mid_epoch_stops_the_job_with_its_error(tmp_path: Path
     )
 
 
+def test_the_cli_documents_the_status_of_an_aborted_job() -> None:
+    from fusednn.cli import ExitStatus
+
+    assert ExitStatus.ABORTED == ABORT_STATUS
+
+
 def _cli(*flags: str) -> list[str]:
     return [
         "train", "--data", "digits", "--hidden", "16", "--epochs", "2", "--device", "numpy", "--dtype", "float64",

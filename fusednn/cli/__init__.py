@@ -29,6 +29,7 @@ Every failure a user can cause ends with one line on stderr and an exit status o
     5  --out cannot be written (read-only, full disk, a file or directory in the way), or holds a checkpoint
     6  --device names a device this machine cannot use
     7  the host or the device ran out of memory
+   70  --distributed: a rank failed mid-epoch, printed its error and aborted every rank
   130  interrupted (Ctrl-C); what was saved is said on the way out
 """
 

@@ -31,6 +31,7 @@ class ExitStatus(enum.IntEnum):
     OUTPUT = 5, "--out cannot be written (read-only, full disk, a file or directory in the way), or holds a checkpoint"
     DEVICE = 6, "--device names a device this machine cannot use"
     MEMORY = 7, "the host or the device ran out of memory"
+    ABORTED = 70, "--distributed: a rank failed mid-epoch, printed its error and aborted every rank"
     INTERRUPTED = 130, "interrupted (Ctrl-C); what was saved is said on the way out"
 
 
