@@ -159,6 +159,25 @@ def _diverges(rank: int) -> None:
     nn.fit(model, x * 1e3, y, optimizer="sgd", lr=1e30, epochs=2, batch_size=8, progress=False, distributed="mpi")
 
 
+class NaNOnRank1(nn.CategoricalCrossentropy):
+    """Cross-entropy whose second step's loss is NaN on rank 1 alone: a divergence the other rank never sees."""
+
+    def __init__(self, rank: int) -> None:
+        super().__init__()
+        self.rank, self.calls = rank, 0
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        self.calls += 1
+        value, dout = super().__call__(*args, **kwargs)
+        return (value * np.nan if self.rank == 1 and self.calls == 2 else value), dout
+
+
+def _nan_on_rank_1(rank: int) -> None:
+    x, y = _classes(64)
+    model = nn.MLP([6, 4, 3], device="numpy", seed=0)
+    nn.fit(model, x, y, loss=NaNOnRank1(rank), epochs=2, batch_size=8, progress=False, distributed="mpi")
+
+
 def _compiled(rank: int) -> None:
     x, y = _classes(64)
     model = nn.MLP([6, 4, 3], device="cpu", seed=0)
@@ -170,6 +189,7 @@ FAILURES: dict[str, Callable[..., None]] = {
     "other data on rank 1": _other_data_on_rank_1,
     "unwritable checkpoint": _unwritable_checkpoint,
     "diverges": _diverges,
+    "nan on rank 1": _nan_on_rank_1,
     "compiled": _compiled,
 }
 

@@ -78,6 +78,7 @@ EXPECTED_FAILURES = {
     "other data on rank 1": ("ValueError", "needs the same training on every rank, but training data differs", None),
     "unwritable checkpoint": ("NotADirectoryError", "a-file", "rank 0 of 2 failed checking fit's arguments"),
     "diverges": ("NonFiniteLossError", "epoch 1", None),
+    "nan on rank 1": ("NonFiniteLossError", "epoch 1, step 2", None),
     "compiled": ("ValueError", "data-parallel training all-reduces between steps", None),
 }
 
