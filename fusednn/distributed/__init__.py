@@ -185,6 +185,13 @@ _CONNECTED: dict[tuple[str, str], Communicator] = {}
 def connect(kind: str, backend: Backend) -> Communicator:
     """The communicator of ``kind`` (``"mpi"`` or ``"nccl"``) for a model on ``backend``, made once per process.
 
+    In a process started without ``mpiexec``, MPI makes a job of one rank:
+
+    >>> import fusednn
+    >>> from fusednn import distributed
+    >>> distributed.connect("mpi", fusednn.backend("numpy"))
+    MPICommunicator(rank=0, size=1)
+
     Raises:
         ValueError: an unknown ``kind``, or NCCL for a model that is not on a GPU.
         ImportError: mpi4py (the ``distributed`` extra) or CuPy's NCCL is missing; the message says what to install.
