@@ -6,6 +6,7 @@ reason when no GPU is usable, so the same module runs unchanged on a GPU machine
 
 from __future__ import annotations
 
+import importlib.util
 import os
 
 import pytest
@@ -26,6 +27,22 @@ def pytest_configure(config: pytest.Config) -> None:
         import cupy
 
         cupy.cuda.set_allocator(None)
+
+
+HAS_MPI4PY = importlib.util.find_spec("mpi4py") is not None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip the doctests of :mod:`fusednn.distributed`, which run MPI, where mpi4py is not installed.
+
+    The README's test command installs it (the ``distributed`` extra); a plain ``.[test]`` install does not.
+    """
+    if HAS_MPI4PY:
+        return
+    skip = pytest.mark.skip(reason="needs mpi4py (the distributed extra: pip install -e '.[distributed]')")
+    for item in items:
+        if isinstance(item, pytest.DoctestItem) and item.name.startswith("fusednn.distributed"):
+            item.add_marker(skip)
 
 
 _gpu = pytest.param("cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not HAS_GPU, reason=GPU_SKIP_REASON)])
