@@ -542,6 +542,8 @@ def fit(
         CUDA graph that failed to capture, with a ``RuntimeWarning``), or ``"per-step, then
         compiled"`` while the compiled form was still compiling; ``history.params["compiled_epochs"]``
         counts the epochs the backend's trainer ran. All give the same numbers, to rounding.
+        ``history.params["ranks"]`` is the number of ranks that trained (1 without ``distributed``);
+        ``params["steps"]`` counts the global batches of an epoch.
 
     Raises:
         ValueError / TypeError: before training, bad arguments, named with what was expected, and
