@@ -316,3 +316,27 @@ def test_a_resumed_run_keeps_its_global_batch_on_another_number_of_ranks(tmp_pat
     assert on_two.batch_size == 16
     with pytest.raises(CommandError, match="global batch of 32 rows .32 on each of 1 ranks., which 3 ranks cannot"):
         resume.settings(args, given_flags(argv), checkpoint, train_parser, ranks=3)
+
+
+# ------------------------------------------------------- the scaling scripts
+
+
+def test_the_data_parallel_benchmark_trains_and_tabulates() -> None:
+    from benchmarks import data_parallel
+
+    report = data_parallel.worker(rows=1024, epochs=1, epoch_path="per-step")
+    assert report["steps"] == 1 and report["epoch_s"] > 0 and report["allreduce_share"] is None
+    shared = {**report, "allreduce_share": 0.25}
+    results = {name: [report if setting["ranks"] == 1 else shared] for name, setting in data_parallel.SETTINGS.items()}
+    table = data_parallel.table(results, rows=1024).splitlines()
+    assert len(table) == 2 + len(data_parallel.SETTINGS)
+    assert table[2].startswith("| 1 rank, 1 thread, per-step |") and table[2].endswith("| 1.00 | - |")
+    assert table[-1].endswith("| 25.0% |")
+
+
+@needs_mpi
+def test_the_overlap_benchmark_runs_under_mpiexec() -> None:
+    result = run_job(2, [sys.executable, "-m", "benchmarks.allreduce_overlap", "--repeats", "1"], ROOT)
+    assert result.returncode == 0, result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ")]
+    assert len(rows) == 7 and "bucket by bucket" in result.stdout, result.stdout

@@ -15,7 +15,7 @@ Every setting runs in fresh processes, alternating, ``--rounds`` times; each pro
 one ``fit`` call of ``--epochs`` epochs after a warm-up epoch. The table gives the best and
 median over the rounds.
 
-    python -m benchmarks.bench_data_parallel --json benchmarks/results/data-parallel.json
+    python -m benchmarks.data_parallel --json benchmarks/results/data-parallel.json
 
 ``OPENBLAS_CORETYPE`` and ``OPENBLAS_L2_SIZE`` are removed from the workers' environment (they
 can halve OpenBLAS's GEMM on this machine).
@@ -105,7 +105,7 @@ def _environment(threads: int) -> dict[str, str]:
 
 def run_setting(setting: dict[str, Any], rows: int, epochs: int) -> dict[str, Any]:
     """One fresh process (or MPI job) of ``setting``; rank 0's report."""
-    command = [sys.executable, "-m", "benchmarks.bench_data_parallel", "--worker", "--rows", str(rows)]
+    command = [sys.executable, "-m", "benchmarks.data_parallel", "--worker", "--rows", str(rows)]
     command += ["--epochs", str(epochs), "--epoch-path", setting["epoch_path"]]
     if setting["ranks"] > 1:
         mpiexec = shutil.which("mpiexec")

@@ -3,7 +3,7 @@
 Run under ``mpiexec -n 2`` (one thread per rank)::
 
     OPENBLAS_NUM_THREADS=1 mpiexec --allow-run-as-root --oversubscribe -n 2 \\
-        python -m benchmarks.bench_allreduce_overlap
+        python -m benchmarks.allreduce_overlap
 
 It times mnist-l's backward GEMMs at 512 rows per rank (the gradient products ``x^T dz``
 and ``dz W^T`` of its three layers, last layer first, as backward computes them) and the
