@@ -261,6 +261,36 @@ def test_dropout_layer_backward_applies_its_forward_mask_and_eval_is_identity(de
     np.testing.assert_array_equal(model.predict(x), model.predict(x))
 
 
+def test_a_batchs_row_parts_run_from_their_first_row_give_the_whole_batchs_outputs_and_gradients(any_device) -> None:
+    """Two ranks' parts of a batch, each run with the index of its first row, draw the whole batch's masks:
+    their outputs are its rows and their gradients add up to its gradients (forward and backward masks)."""
+    rng = np.random.default_rng(4)
+    x, dout = rng.normal(size=(11, 6)), rng.normal(size=(11, 3))
+    model = nn.Sequential(
+        [nn.Dense(6, 10, activation="relu"), nn.Dropout(0.5, seed=3), nn.Dense(10, 3)],
+        device=any_device,
+        dtype="float64",
+        seed=0,
+    )
+    be, dropout = model.backend, model.layers[1]
+    dropout.step = 5
+    whole = be.to_numpy(model._run(model._input(x), True, True))
+    model.backward(dout, need_input_grad=False)
+    expected = model.get_gradients()
+    outputs, gradients = [], []
+    for lo, hi in [(0, 5), (5, 11)]:  # the second part starts at element 50: inside a block of four words
+        dropout.step = 5
+        outputs.append(be.to_numpy(model._run(model._input(x[lo:hi]), True, True, first_row=lo)))
+        model.backward(dout[lo:hi], need_input_grad=False)
+        gradients.append(model.get_gradients())
+    np.testing.assert_allclose(np.concatenate(outputs), whole, rtol=1e-13, atol=1e-15)
+    for first, second, full in zip(*gradients, expected, strict=True):
+        np.testing.assert_allclose(first + second, full, rtol=1e-12, atol=1e-14)
+    dropout.step = 5
+    unplaced = be.to_numpy(model._run(model._input(x[5:]), True, True))  # first_row=0: a batch of its own
+    assert not np.allclose(unplaced, whole[5:])
+
+
 def test_dropout_training_runs_agree_across_backends(any_device) -> None:
     rng = np.random.default_rng(0)
     x, y = rng.normal(size=(64, 5)), rng.integers(0, 3, 64)
