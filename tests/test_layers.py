@@ -117,8 +117,20 @@ def test_dropout_masks_on_a_gpu_are_the_references_bit_for_bit(dtype, key) -> No
     np.testing.assert_array_equal(gpu.to_numpy(gpu.dropout(gpu.asarray(x), 0.3, *key)), expected)
 
 
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_GPU, reason=GPU_SKIP_REASON)
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_part_of_a_batch_on_a_gpu_gets_the_references_mask_of_its_rows(dtype) -> None:
+    x = np.random.default_rng(0).normal(size=(1000, 37)).astype(dtype)
+    ref, gpu = fusednn.backend("numpy"), fusednn.backend("cuda")
+    expected = ref.dropout(ref.asarray(x), 0.3, *KEYS[3])[333:]
+    part = gpu.dropout(gpu.asarray(x[333:]), 0.3, *KEYS[3], first=333 * 37)
+    np.testing.assert_array_equal(gpu.to_numpy(part), expected)
+
+
+@pytest.mark.parametrize("first", [0, 6])
 @pytest.mark.parametrize("config", [(1, 1), (3, 32), (64, 256)])
-def test_the_cuda_dropout_kernel_gives_the_reference_mask_under_any_launch(shim_library, config) -> None:
+def test_the_cuda_dropout_kernel_gives_the_reference_mask_under_any_launch(shim_library, config, first) -> None:
     n = 1001
     x = np.random.default_rng(1).normal(size=n)
     y = np.full(n, np.nan)
@@ -135,9 +147,41 @@ def test_the_cuda_dropout_kernel_gives_the_reference_mask_under_any_launch(shim_
         ctypes.c_longlong(threshold),
         ctypes.c_double(1 / 0.75),
         *(ctypes.c_longlong(w) for w in words),
+        ctypes.c_longlong(first),
     )
-    keep = dropout_bits(np, n, seed=5, step=7, layer=3) >= threshold
+    keep = dropout_bits(np, n, seed=5, step=7, layer=3, first=first) >= threshold
     np.testing.assert_array_equal(y, np.where(keep, x * (1 / 0.75), 0.0))
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_part_of_a_batch_gets_the_batchs_mask_at_any_offset(sim_cuda, dtype) -> None:
+    """``dropout(x[k:j], first=k * F)`` is rows ``k:j`` of ``dropout(x)``: a rank's rows draw the one process's mask.
+
+    7 features put most row offsets inside a block of four words; the flat parts start at every word.
+    """
+    x = np.random.default_rng(2).normal(size=(9, 7)).astype(dtype)
+    key = KEYS[3]
+    for device in ("numpy", "cpu", sim_cuda):
+        be = fusednn.backend(device)
+        whole = be.to_numpy(be.dropout(be.asarray(x), 0.3, *key))
+        for k, j in [(0, 9), (1, 9), (3, 5), (4, 8), (8, 9), (5, 5)]:
+            part = be.dropout(be.asarray(x[k:j]), 0.3, *key, first=k * 7)
+            np.testing.assert_array_equal(be.to_numpy(part), whole[k:j], err_msg=f"{device}: rows {k}:{j}")
+        flat = x.reshape(-1)
+        for k in range(1, 6):
+            part = be.dropout(be.asarray(flat[k : k + 6]), 0.3, *key, first=k)
+            np.testing.assert_array_equal(be.to_numpy(part), whole.reshape(-1)[k : k + 6], err_msg=f"{device}: {k}")
+
+
+def test_the_last_elements_a_batch_can_count_get_the_last_counter_block(sim_cuda) -> None:
+    """Elements up to ``2**34 - 1``: block ``2**32 - 1``, the top of the 32-bit counter word, on every backend."""
+    x = np.ones(6)
+    first = 2**34 - 6
+    expected = np.where(dropout_bits(np, 6, 1, 2, 3, first) >= dropout_threshold(0.5), 2.0, 0.0)
+    assert 0.0 < expected.mean() < 2.0  # both kept and dropped elements: a mask, not a constant
+    for device in ("numpy", "cpu", sim_cuda):
+        be = fusednn.backend(device)
+        np.testing.assert_array_equal(be.to_numpy(be.dropout(be.asarray(x), 0.5, 1, 2, 3, first=first)), expected)
 
 
 def test_dropout_drops_the_rate_and_scales_the_rest(device) -> None:
@@ -169,6 +213,10 @@ def test_dropout_masks_change_with_seed_step_and_layer() -> None:
         ({"step": 2**64}, ValueError, r"step must lie in \[0, 2\*\*64\)"),
         ({"layer": 2**32}, ValueError, r"layer must lie in \[0, 2\*\*32\)"),
         ({"layer": 1.0}, TypeError, "layer must be an integer"),
+        ({"first": -1}, ValueError, r"first must lie in \[0, 2\*\*34\)"),
+        ({"first": 2**34 - 3}, ValueError, r"at most 2\*\*34 elements .* first \+ x.size = 17179869181 \+ 4"),
+        ({"first": 4.0}, TypeError, "first must be an integer, got float"),
+        ({"first": True}, TypeError, "first must be an integer, got bool"),
     ],
 )
 def test_dropout_refuses_bad_arguments(kwargs, error, match) -> None:
@@ -211,6 +259,36 @@ def test_dropout_layer_backward_applies_its_forward_mask_and_eval_is_identity(de
     np.testing.assert_array_equal(be.to_numpy(model.forward(x)), pre)
     assert dropout.step == 1  # evaluation draws no mask
     np.testing.assert_array_equal(model.predict(x), model.predict(x))
+
+
+def test_a_batchs_row_parts_run_from_their_first_row_give_the_whole_batchs_outputs_and_gradients(any_device) -> None:
+    """Two ranks' parts of a batch, each run with the index of its first row, draw the whole batch's masks:
+    their outputs are its rows and their gradients add up to its gradients (forward and backward masks)."""
+    rng = np.random.default_rng(4)
+    x, dout = rng.normal(size=(11, 6)), rng.normal(size=(11, 3))
+    model = nn.Sequential(
+        [nn.Dense(6, 10, activation="relu"), nn.Dropout(0.5, seed=3), nn.Dense(10, 3)],
+        device=any_device,
+        dtype="float64",
+        seed=0,
+    )
+    be, dropout = model.backend, model.layers[1]
+    dropout.step = 5
+    whole = be.to_numpy(model._run(model._input(x), True, True))
+    model.backward(dout, need_input_grad=False)
+    expected = model.get_gradients()
+    outputs, gradients = [], []
+    for lo, hi in [(0, 5), (5, 11)]:  # the second part starts at element 50: inside a block of four words
+        dropout.step = 5
+        outputs.append(be.to_numpy(model._run(model._input(x[lo:hi]), True, True, first_row=lo)))
+        model.backward(dout[lo:hi], need_input_grad=False)
+        gradients.append(model.get_gradients())
+    np.testing.assert_allclose(np.concatenate(outputs), whole, rtol=1e-13, atol=1e-15)
+    for first, second, full in zip(*gradients, expected, strict=True):
+        np.testing.assert_allclose(first + second, full, rtol=1e-12, atol=1e-14)
+    dropout.step = 5
+    unplaced = be.to_numpy(model._run(model._input(x[5:]), True, True))  # first_row=0: a batch of its own
+    assert not np.allclose(unplaced, whole[5:])
 
 
 def test_dropout_training_runs_agree_across_backends(any_device) -> None:

@@ -89,7 +89,7 @@ TRUSTED_OPERATIONS: tuple[str, ...] = (
 """The public methods that :meth:`Backend.trusted` gives a fast path without checks."""
 
 DROPOUT_MAX_ELEMENTS = 2**34
-"""The most elements one dropout call takes: four per value of the 32-bit block counter."""
+"""The most elements a dropout batch counts (``first + x.size``): four per value of the 32-bit block counter."""
 
 
 def check_dropout_rate(rate: Any) -> float:
@@ -740,45 +740,61 @@ class Backend:
 
     # ------------------------------------------------- dropout and batch norm
 
-    def dropout(self, x: Array, rate: float, seed: int, step: int, layer: int) -> Array:
+    def dropout(self, x: Array, rate: float, seed: int, step: int, layer: int, first: int = 0) -> Array:
         """Inverted dropout: ``y = x / (1 - rate)`` where an element is kept, ``0`` where it is dropped.
 
-        The mask is a pure function of ``(seed, step, layer)`` and the element's index: element
-        ``i`` is kept when word ``i % 4`` of Philox 4x32-10 (counter ``(i // 4, layer, step)``,
-        key ``seed``) is at least ``floor(rate * 2**32)`` (see :mod:`fusednn.backends.philox`).
-        Every backend draws the same mask, bit for bit, and applying the same key to ``dy``
-        gives the backward pass ``dx``. A dropped element is 0 even where ``x`` is NaN or infinite.
-        The kept values are the same bits too, except float32 subnormals, which CUDA (built with
-        ``-ftz=true``) flushes to zero.
+        The mask is a pure function of ``(seed, step, layer)`` and the element's index in its
+        batch: element ``e`` is kept when word ``e % 4`` of Philox 4x32-10 (counter ``(e // 4,
+        layer, step)``, key ``seed``) is at least ``floor(rate * 2**32)`` (see
+        :mod:`fusednn.backends.philox`). Element ``i`` of ``x`` (in C order) is element
+        ``e = first + i`` of the batch, so a part of a batch that starts at element ``first``
+        (a rank's rows in data-parallel training: ``first = row * features``) gets exactly the
+        mask the whole batch would. Every backend draws the same mask, bit for bit, and applying
+        the same key to ``dy`` gives the backward pass ``dx``. A dropped element is 0 even where
+        ``x`` is NaN or infinite. The kept values are the same bits too, except float32
+        subnormals, which CUDA (built with ``-ftz=true``) flushes to zero.
 
         Args:
-            x: any shape, float32/float64, at most ``2**34`` elements.
+            x: any shape, float32/float64.
             rate: the probability of dropping an element, ``0 <= rate < 1``.
             seed: integer in ``[0, 2**64)``; step: in ``[0, 2**64)``; layer: in ``[0, 2**32)``.
+            first: the index, in the whole batch, of ``x``'s first element: an integer ``>= 0``
+                with ``first + x.size <= 2**34`` (four elements per value of the 32-bit block counter).
 
         >>> import numpy as np, fusednn
         >>> be = fusednn.backend("numpy")
         >>> be.dropout(be.asarray(np.ones(8)), 0.5, seed=0, step=0, layer=0)
         array([0., 2., 2., 2., 2., 0., 2., 0.])
+        >>> be.dropout(be.asarray(np.ones(3)), 0.5, seed=0, step=0, layer=0, first=5)  # elements 5, 6, 7
+        array([0., 2., 0.])
 
         Raises:
-            ValueError: ``rate`` outside ``[0, 1)``, a key word out of range, or ``x`` too large.
-            TypeError: ``x`` is not a float array of this backend, or a key word is not an integer.
+            ValueError: ``rate`` outside ``[0, 1)``, a key word or ``first`` out of range, or
+                ``first + x.size`` above ``2**34``.
+            TypeError: ``x`` is not a float array of this backend, or a key word or ``first`` is not an integer.
         """
         self.check(x, "x")
         rate = check_dropout_rate(rate)
-        for name, value, bits in (("seed", seed, 64), ("step", step, 64), ("layer", layer, 32)):
+        for name, value, bits in (
+            ("seed", seed, 64),
+            ("step", step, 64),
+            ("layer", layer, 32),
+            ("first", first, 34),
+        ):
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
                 raise TypeError(f"dropout {name} must be an integer, got {type(value).__name__}")
             if not 0 <= value < 2**bits:
                 raise ValueError(f"dropout {name} must lie in [0, 2**{bits}), got {value}")
-        if x.size > DROPOUT_MAX_ELEMENTS:
-            raise ValueError(f"dropout takes at most 2**34 elements (the counter's word), got {x.size}")
-        return self._dropout_unchecked(x, rate, int(seed), int(step), int(layer))
+        if int(first) + x.size > DROPOUT_MAX_ELEMENTS:
+            raise ValueError(
+                "dropout counts at most 2**34 elements of a batch (four per value of the 32-bit block counter), "
+                f"but first + x.size = {first} + {x.size} = {int(first) + x.size}"
+            )
+        return self._dropout_unchecked(x, rate, int(seed), int(step), int(layer), int(first))
 
-    def _dropout_unchecked(self, x: Array, rate: float, seed: int, step: int, layer: int) -> Array:
+    def _dropout_unchecked(self, x: Array, rate: float, seed: int, step: int, layer: int, first: int) -> Array:
         """:meth:`dropout` for operands the caller guarantees valid."""
-        bits = dropout_bits(self.xp, x.size, seed, step, layer).reshape(x.shape)
+        bits = dropout_bits(self.xp, x.size, seed, step, layer, first).reshape(x.shape)
         keep = bits >= np.uint64(dropout_threshold(rate))
         return self.xp.where(keep, x * x.dtype.type(1.0 / (1.0 - rate)), x.dtype.type(0))
 

@@ -327,14 +327,16 @@ class CudaBackend(Backend):
 
     # ------------------------------------------------- dropout and batch norm
 
-    def _dropout_unchecked(self, x: Array, rate: float, seed: int, step: int, layer: int) -> Array:
+    def _dropout_unchecked(self, x: Array, rate: float, seed: int, step: int, layer: int, first: int) -> Array:
         """One kernel, a thread per block of four elements; see :meth:`Backend.dropout`."""
         x = self._contiguous(x)
         y = self.xp.empty_like(x)
         n = x.size
         scale = 1.0 / (1.0 - rate)
         threshold = dropout_threshold(rate)
-        self._launch("dropout_apply", x.dtype, (n + 3) // 4, x, y, n, threshold, scale, *split_key(seed, step), layer)
+        blocks = (first % 4 + n + 3) // 4  # the blocks of four that elements first .. first + n - 1 touch
+        key = split_key(seed, step)
+        self._launch("dropout_apply", x.dtype, blocks, x, y, n, threshold, scale, *key, layer, first)
         return y
 
     def _batchnorm_forward_unchecked(

@@ -198,7 +198,7 @@ class NumbaBackend(Backend):
 
     # ------------------------------------------------- dropout and batch norm
 
-    def _dropout_unchecked(self, x: Array, rate: float, seed: int, step: int, layer: int) -> Array:
+    def _dropout_unchecked(self, x: Array, rate: float, seed: int, step: int, layer: int, first: int) -> Array:
         """One Numba pass that draws each block's Philox words and applies them; see :meth:`Backend.dropout`."""
         x = np.ascontiguousarray(x)
         y = np.empty_like(x)
@@ -206,7 +206,16 @@ class NumbaBackend(Backend):
         scale = x.dtype.type(1.0 / (1.0 - rate))
         threshold, seed_lo, seed_hi, step_lo, step_hi, layer_word = words
         layers.dropout_apply(
-            x.reshape(-1), y.reshape(-1), threshold, scale, seed_lo, seed_hi, step_lo, step_hi, layer_word
+            x.reshape(-1),
+            y.reshape(-1),
+            threshold,
+            scale,
+            seed_lo,
+            seed_hi,
+            step_lo,
+            step_hi,
+            layer_word,
+            first,
         )
         return y
 

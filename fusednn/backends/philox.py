@@ -9,7 +9,9 @@ Random123's published known-answer vectors and to each other, bit for bit.
 Dropout keys one layer's masks by ``(seed, step, layer)``: element ``i`` of a batch uses
 word ``i % 4`` of ``philox4x32_10((i // 4, layer, step_lo, step_hi), (seed_lo, seed_hi))``
 (:func:`dropout_bits`) and is kept when that word is at least :func:`dropout_threshold`,
-an integer comparison, so every device draws the same mask.
+an integer comparison, so every device draws the same mask. ``i`` counts in the whole
+batch: a part of it that starts at element ``first`` (a rank's rows, in data-parallel
+training) takes the words of elements ``first, first + 1, ...``.
 """
 
 from __future__ import annotations
@@ -64,11 +66,21 @@ def dropout_threshold(rate: float) -> int:
     return min(int(rate * 2.0**32), _MASK)
 
 
-def dropout_bits(xp: ModuleType, n: int, seed: int, step: int, layer: int) -> Any:
-    """The random word of each of ``n`` elements of one dropout mask, as a uint64 array of ``n`` values below 2**32."""
+def dropout_bits(xp: ModuleType, n: int, seed: int, step: int, layer: int, first: int = 0) -> Any:
+    """The random words of elements ``first, ..., first + n - 1`` of one dropout mask, as a uint64 array of ``n``
+    values below 2**32.
+
+    A part of a batch that starts at element ``first`` gets the words of those elements of the whole batch:
+
+    >>> import numpy as np
+    >>> whole = dropout_bits(np, 10, seed=1, step=2, layer=3)
+    >>> bool(np.array_equal(dropout_bits(np, 4, seed=1, step=2, layer=3, first=5), whole[5:9]))
+    True
+    """
     seed_lo, seed_hi, step_lo, step_hi = split_key(seed, step)
-    groups = xp.arange((n + 3) // 4, dtype=np.uint64)
+    groups = xp.arange(first // 4, (first + n + 3) // 4, dtype=np.uint64)
     zeros = xp.zeros_like(groups)
     counter = (groups, zeros + np.uint64(layer), zeros + np.uint64(step_lo), zeros + np.uint64(step_hi))
     words = philox4x32_10(xp, counter, (seed_lo, seed_hi))
-    return xp.stack(words, axis=1).reshape(-1)[:n]
+    start = first % 4
+    return xp.stack(words, axis=1).reshape(-1)[start : start + n]

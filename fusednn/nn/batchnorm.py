@@ -104,8 +104,8 @@ class BatchNorm(Layer):
         ones) or the running ones (evaluation); keeps what :meth:`backward` needs."""
         return self._normalise(x, training, keep=True)
 
-    def _forward_in_model(self, x: Array, training: bool, keep: bool) -> Array:
-        return self._normalise(x, training, keep)
+    def _forward_in_model(self, x: Array, training: bool, keep: bool, first_row: int = 0) -> Array:
+        return self._normalise(x, training, keep)  # its rows' own statistics: where they start does not enter
 
     def backward(self, dy: Array, need_input_grad: bool = True) -> Array | None:
         """Set ``dgamma``, ``dbeta``; return ``dL/dx`` when asked (see :meth:`fusednn.Backend.batchnorm_backward`).

@@ -17,6 +17,10 @@ trains with batch ``N * B`` (to float tolerance):
 * Step losses are weighted the same way and summed over ranks once per epoch, with the
   outputs metrics are computed on; validation splits its rows over the ranks. So every
   rank logs the same numbers, and makes the same early-stopping decisions.
+* Dropout draws the one process's masks: its mask counts an element by its index in the
+  global micro-batch, and each rank's forward pass starts at its first row's index
+  (``lo - a`` for rows ``[lo, hi)`` of batch ``[a, b)``), so between them the ranks apply
+  exactly the masks of the whole batch, not each the masks of a batch of its own.
 * A layer's running statistics (:class:`~fusednn.nn.BatchNorm`) are averaged over the
   ranks after every epoch. Its batch statistics are each rank's own, as with
   ``torch.nn.parallel.DistributedDataParallel`` without ``SyncBatchNorm``, so a model with

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -16,11 +17,14 @@ class Dropout(Layer):
     scaled by ``1 / (1 - rate)``; in evaluation the layer is the identity.
 
     The mask of a training step is a pure function of ``(seed, step, layer)``: Philox 4x32-10
-    keyed by ``seed``, counted by the element's index, the layer's position in its model
-    and ``step``, the number of training forward passes this layer has made (see
+    keyed by ``seed``, counted by the element's index in the batch, the layer's position in
+    its model and ``step``, the number of training forward passes this layer has made (see
     :meth:`fusednn.Backend.dropout`). So one seed gives the same masks, hence the same
     training run, on ``"numpy"``, ``"cpu"`` and ``"cuda"``; the step count travels in
-    checkpoints, so a resumed run draws the masks an uninterrupted one would have.
+    checkpoints, so a resumed run draws the masks an uninterrupted one would have. In
+    data-parallel training (``fit(..., distributed=...)``) each rank runs its rows of a batch
+    and the model tells the layer where they start, so the ranks draw, between them, the mask
+    of one process that trains on the whole batch (:mod:`fusednn.nn.data_parallel`).
 
     .. warning::
        PyTorch's ``torch.nn.Dropout`` draws its masks from the device's generator, so they
@@ -56,7 +60,8 @@ class Dropout(Layer):
         self.seed = checked
         #: Training forward passes so far: the ``step`` that keys the next mask.
         self.step = 0
-        self._kept: tuple[bool, int] | None = None  # (training, step) of the last kept forward
+        # (training, step, index of the input's first element in its batch) of the last kept forward
+        self._kept: tuple[bool, int, int] | None = None
 
     def __repr__(self) -> str:
         return f"Dropout(rate={self.rate}, seed={self.seed})"
@@ -64,23 +69,24 @@ class Dropout(Layer):
     def _drop_cache(self) -> None:
         self._kept = None
 
-    def _apply(self, x: Array, training: bool, keep: bool) -> Array:
+    def _apply(self, x: Array, training: bool, keep: bool, first_row: int) -> Array:
         backend = self._require_backend()
         step = self.step
+        first = first_row * math.prod(x.shape[1:])  # the batch's element that is x's first
         if training:
             self.step += 1
         if keep:
-            self._kept = (training, step)
+            self._kept = (training, step, first)
         if not training or self.rate == 0.0:
             return x
-        return backend.dropout(x, self.rate, self.seed, step, self.index)
+        return backend.dropout(x, self.rate, self.seed, step, self.index, first)
 
     def forward(self, x: Array, training: bool = True) -> Array:
         """``x`` with this step's mask applied (training), or ``x`` itself (evaluation)."""
-        return self._apply(x, training, keep=True)
+        return self._apply(x, training, True, 0)
 
-    def _forward_in_model(self, x: Array, training: bool, keep: bool) -> Array:
-        return self._apply(x, training, keep)
+    def _forward_in_model(self, x: Array, training: bool, keep: bool, first_row: int = 0) -> Array:
+        return self._apply(x, training, keep, first_row)
 
     def backward(self, dy: Array, need_input_grad: bool = True) -> Array | None:
         """``dy`` through the mask of the last forward pass (the identity after an evaluation one).
@@ -93,10 +99,10 @@ class Dropout(Layer):
             raise RuntimeError("backward() called before forward(): run forward on a batch first")
         if not need_input_grad:
             return None
-        training, step = self._kept
+        training, step, first = self._kept
         if not training or self.rate == 0.0:
             return dy
-        return backend.dropout(dy, self.rate, self.seed, step, self.index)
+        return backend.dropout(dy, self.rate, self.seed, step, self.index, first)
 
     def state(self) -> dict[str, int]:
         """``{"step": training forward passes so far}``: checkpoints carry it."""

@@ -94,6 +94,9 @@ class Layer:
     dtype with the layer's input width) and calls backward only after a forward. They call
     :meth:`forward`/:meth:`backward`; a built-in layer may override them to skip the
     backend's per-call checks (:class:`Dense` does), which is most of a small layer's cost.
+    The model also tells :meth:`_forward_in_model` where its input starts in the whole batch
+    (``first_row``): a layer whose output depends on a row's index in the batch reads it
+    (:class:`~fusednn.nn.Dropout`'s masks), the others ignore it, and :meth:`forward` never sees it.
     """
 
     tag: ClassVar[str] = "Layer"
@@ -180,8 +183,13 @@ class Layer:
         """Set the parameter gradients from ``dy``; return ``dL/dx`` when ``need_input_grad``."""
         raise NotImplementedError(f"{type(self).__name__} must implement backward(dy, need_input_grad)")
 
-    def _forward_in_model(self, x: Array, training: bool, keep: bool) -> Array:
-        """:meth:`forward` on an input its model has checked; ``keep=False`` promises no backward follows."""
+    def _forward_in_model(self, x: Array, training: bool, keep: bool, first_row: int = 0) -> Array:
+        """:meth:`forward` on an input its model has checked; ``keep=False`` promises no backward follows.
+
+        ``first_row`` is the index of ``x``'s first row in the whole batch it is part of: data-parallel
+        training runs each rank's rows of a batch as a batch of their own, so a layer that computes
+        a row from its index needs it to give those rows what the whole batch would.
+        """
         return self.forward(x, training)
 
     def _backward_in_model(self, dy: Array, need_input_grad: bool) -> Array | None:
@@ -369,7 +377,7 @@ class Dense(Layer):
             backend.add_l1_l2_gradient(self.W, self.dW, self.l1, self.l2)
         return dx
 
-    def _forward_in_model(self, x: Array, training: bool, keep: bool) -> Array:
+    def _forward_in_model(self, x: Array, training: bool, keep: bool, first_row: int = 0) -> Array:
         """:meth:`forward` on an input its model has checked, through the backend's trusted path.
 
         The model's checked input, the model's own parameter views and the activation checked in

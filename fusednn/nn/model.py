@@ -157,13 +157,15 @@ class Sequential:
             )
         return x
 
-    def _run(self, h: Array, training: bool, keep: bool) -> Array:
+    def _run(self, h: Array, training: bool, keep: bool, first_row: int = 0) -> Array:
         """The one forward loop: every layer on a checked input ``h``, in ``training`` mode or not.
 
         ``keep=False`` (prediction, evaluation) promises that no backward follows, so layers keep nothing.
+        ``first_row`` is the index of ``h``'s first row in the whole batch it is part of (a rank's rows,
+        in data-parallel training), so that dropout draws those rows' masks of the whole batch.
         """
         for layer in self.layers:
-            h = layer._forward_in_model(h, training, keep)
+            h = layer._forward_in_model(h, training, keep, first_row)
         if keep:
             self._output_shape = h.shape
         return h

@@ -314,7 +314,7 @@ class _Loop:
                     else:
                         rows = index[lo:hi]
                         xb, yb = backend.take_rows(data.x, rows), backend.take_rows(data.y, rows)
-                    out = model._run(xb, True, True)  # training mode; _Data checked the input once
+                    out = model._run(xb, True, True, lo - a)  # training, from batch row lo - a; _Data checked the input
                     value, dout = self.loss(out, yb, check_target=False)  # _Data checked every target once
                     if penalty:
                         value = value + model.regularization_loss()

@@ -61,18 +61,20 @@ def dropout_apply(
     step_lo: np.uint64,
     step_hi: np.uint64,
     layer: np.uint64,
+    first: int,
 ) -> None:
-    """``y[i] = x[i] * scale`` where element ``i``'s Philox word is ``>= threshold``, else 0; flat arrays.
+    """``y[i] = x[i] * scale`` where element ``first + i``'s Philox word is ``>= threshold``, else 0; flat arrays.
 
-    Element ``i`` takes word ``i % 4`` of the block of counter ``(i // 4, layer, step_lo, step_hi)``
-    under key ``(seed_lo, seed_hi)``, as :func:`fusednn.backends.philox.dropout_bits` does.
+    Element ``e`` of the batch takes word ``e % 4`` of the block of counter ``(e // 4, layer, step_lo,
+    step_hi)`` under key ``(seed_lo, seed_hi)``, as :func:`fusednn.backends.philox.dropout_bits` does;
+    ``x`` holds elements ``first, ..., first + x.size - 1``, so its first and last blocks may be partial.
     """
     n = x.size
     zero = x.dtype.type(0)
-    for g in range((n + 3) // 4):
+    for g in range(first // 4, (first + n + 3) // 4):
         words = philox4x32_10(np.uint64(g), layer, step_lo, step_hi, seed_lo, seed_hi)
-        base = 4 * g
-        for k in range(min(4, n - base)):
+        base = 4 * g - first  # the index in x of the block's word 0
+        for k in range(max(0, -base), min(4, n - base)):
             y[base + k] = x[base + k] * scale if words[k] >= threshold else zero
 
 

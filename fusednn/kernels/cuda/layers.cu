@@ -36,21 +36,25 @@ __global__ void philox_block(const long long* words, long long* out) {
     for (int k = 0; k < 4; ++k) out[k] = static_cast<long long>(c[k]);
 }
 
-// y[i] = x[i] * scale where element i's word is >= threshold, else 0. Element i takes word
-// i % 4 of the block of counter (i / 4, layer, step_lo, step_hi) under key (seed_lo, seed_hi):
-// one thread per block of four elements. The caller keeps n below 2^34.
+// y[i] = x[i] * scale where element first + i's word is >= threshold, else 0. Element e of the
+// batch takes word e % 4 of the block of counter (e / 4, layer, step_lo, step_hi) under key
+// (seed_lo, seed_hi); x holds elements first .. first + n - 1, so its first and last blocks may
+// be partial. One thread per block of four elements; the caller keeps first + n within 2^34.
 template <typename T>
 __global__ void dropout_apply(const T* x, T* y, long long n, long long threshold, T scale, long long seed_lo,
-                              long long seed_hi, long long step_lo, long long step_hi, long long layer) {
-    const long long groups = (n + 3) / 4;
+                              long long seed_hi, long long step_lo, long long step_hi, long long layer,
+                              long long first) {
+    const long long begin = first / 4;
+    const long long groups = (first + n + 3) / 4 - begin;
     const unsigned long long bound = static_cast<unsigned long long>(threshold);
-    for (long long g = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x; g < groups;
-         g += static_cast<long long>(gridDim.x) * blockDim.x) {
+    for (long long t = blockIdx.x * static_cast<long long>(blockDim.x) + threadIdx.x; t < groups;
+         t += static_cast<long long>(gridDim.x) * blockDim.x) {
+        const long long g = begin + t;
         unsigned int c[4] = {static_cast<unsigned int>(g), static_cast<unsigned int>(layer),
                              static_cast<unsigned int>(step_lo), static_cast<unsigned int>(step_hi)};
         philox4x32_10(c, static_cast<unsigned int>(seed_lo), static_cast<unsigned int>(seed_hi));
-        const long long base = 4 * g;
-        for (int k = 0; k < 4 && base + k < n; ++k) {
+        const long long base = 4 * g - first;  // the index in x of the block's word 0
+        for (int k = base < 0 ? static_cast<int>(-base) : 0; k < 4 && base + k < n; ++k) {
             y[base + k] = c[k] >= bound ? x[base + k] * scale : T(0);
         }
     }

@@ -351,6 +351,7 @@ KERNELS: dict[str, KernelSpec] = {
                 ("long long", "step_lo"),
                 ("long long", "step_hi"),
                 ("long long", "layer"),
+                ("long long", "first"),
             ),
         ),
         KernelSpec(
