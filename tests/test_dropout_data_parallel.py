@@ -7,34 +7,18 @@ One ``mpiexec -n 2`` job trains on every host device (:mod:`dropout_data_paralle
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
-import pytest
 from dropout_data_parallel_job import ROWS_PER_RANK, train
+from mpi_jobs import needs_mpi, run_python_job
 
-MPIEXEC = shutil.which("mpiexec")
 DEVICES = ["numpy", "cpu"]
 
 
-@pytest.mark.skipif(MPIEXEC is None, reason="needs mpiexec (an MPI: pip install -e '.[distributed]')")
-@pytest.mark.skipif(importlib.util.find_spec("mpi4py") is None, reason="needs mpi4py (pip install -e '.[distributed]')")
+@needs_mpi
 def test_two_ranks_with_dropout_train_the_weights_of_one_process_with_their_combined_batch(tmp_path: Path) -> None:
-    tests = Path(__file__).resolve().parent
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(tests.parent), str(tests), env.get("PYTHONPATH", "")])
-    env["OMP_NUM_THREADS"] = env["NUMBA_NUM_THREADS"] = env["OPENBLAS_NUM_THREADS"] = "1"  # a core per rank
-    assert MPIEXEC is not None
-    # --oversubscribe: two ranks may share fewer cores; --allow-run-as-root: CI's containers run as root.
-    command = [MPIEXEC, "--allow-run-as-root", "--oversubscribe", "-n", "2", sys.executable]
-    command += [str(tests / "dropout_data_parallel_job.py"), str(tmp_path), *DEVICES]
-    job = subprocess.run(command, env=env, capture_output=True, text=True, timeout=120)
-    assert job.returncode == 0, f"exit {job.returncode}\nstdout:\n{job.stdout}\nstderr:\n{job.stderr}"
+    run_python_job(2, "dropout_data_parallel_job.py", str(tmp_path), *DEVICES, cwd=tmp_path)
     for device in DEVICES:
         expected = train(device, 2 * ROWS_PER_RANK, None)
         for rank in range(2):

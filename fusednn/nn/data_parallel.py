@@ -106,19 +106,20 @@ class DataParallel:
                 buffer *= buffer.dtype.type(1.0 / self.size)
 
     def check_in_sync(self, model: Any, optimizer: Any, epoch: int) -> None:
-        """Raise ``RuntimeError`` on every rank if the ranks' weights, buffers or optimizer state differ at all.
+        """Raise ``RuntimeError`` on every rank if their weights, buffers, optimizer state or layer counters differ.
 
         Every rank applies the same update to the same values, so they agree bit for bit
         unless a collective or a kernel is not deterministic: then the run would silently
         train N different models.
         """
         arrays = [model.parameters().data, *model.buffers(), *optimizer.state.values()]
-        local = checksum(model.backend, arrays)
+        local = (checksum(model.backend, arrays), model.layer_states())
         every = self.comm.allgather_object(local)
         if any(value != every[0] for value in every):
             raise RuntimeError(
-                f"after epoch {epoch + 1} the ranks' weights or optimizer state differ (checksums "
-                f"{', '.join(f'{v:08x}' for v in every)}): the all-reduce or an update is not deterministic"
+                f"after epoch {epoch + 1} the ranks' weights, optimizer state or layer counters differ "
+                f"(checksums {', '.join(f'{value[0]:08x}' for value in every)}; layer states "
+                f"{', '.join(repr(value[1]) for value in every)}): the all-reduce or an update is not deterministic"
             )
 
 

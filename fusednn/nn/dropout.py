@@ -81,6 +81,10 @@ class Dropout(Layer):
             return x
         return backend.dropout(x, self.rate, self.seed, step, self.index, first)
 
+    def _train_without_rows(self) -> None:
+        self.step += 1  # the other ranks drew this step's masks for their rows
+        self._kept = None
+
     def forward(self, x: Array, training: bool = True) -> Array:
         """``x`` with this step's mask applied (training), or ``x`` itself (evaluation)."""
         return self._apply(x, training, True, 0)

@@ -196,6 +196,11 @@ class Layer:
         """:meth:`backward` after a forward of its model."""
         return self.backward(dy, need_input_grad)
 
+    def _train_without_rows(self) -> None:
+        """A training step in which the model saw none of the batch's rows (a data-parallel rank's share of
+        a short last batch): a layer that counts its steps counts this one, so it stays in step with the
+        other ranks. Nothing else happens: no forward ran, and no backward follows."""
+
     def regularization_loss(self) -> Array:
         """The layer's penalty as a 0-d device array; the model calls it only when :attr:`has_penalty`."""
         raise NotImplementedError(f"{type(self).__name__} has a penalty, so it must implement regularization_loss()")

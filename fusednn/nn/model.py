@@ -170,6 +170,12 @@ class Sequential:
             self._output_shape = h.shape
         return h
 
+    def _train_without_rows(self) -> None:
+        """The training step of a data-parallel rank that has no rows of a batch: layers count it, nothing runs."""
+        for layer in self.layers:
+            layer._train_without_rows()
+        self._output_shape = None
+
     def forward(self, x: Any) -> Array:
         """Run every layer on ``x (N, in_features)`` in the model's mode and keep what :meth:`backward` needs.
 

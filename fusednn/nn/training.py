@@ -324,6 +324,7 @@ class _Loop:
                         outputs[lo:hi] = out
                     model.backward(dout, need_input_grad=False)
                 else:  # data-parallel, a short last batch with no rows for this rank: it adds nothing
+                    model._train_without_rows()
                     params.grad[...] = 0
                 if accumulated is not None:
                     # Mean-reduced losses: weigh each micro-batch's gradient by its share of the group's rows,
