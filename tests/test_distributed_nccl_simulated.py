@@ -9,11 +9,7 @@ ranks' batches. The one-GPU run on real hardware is in ``test_distributed_nccl.p
 from __future__ import annotations
 
 import ctypes
-import importlib.util
 import json
-import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -22,6 +18,7 @@ import pytest
 from cuda_shim.build import build_shim_library, have
 from cuda_shim.fake_nccl import FakeNccl
 from cuda_shim.simulated import SimStream, no_host_reads, recording_allocations, simulated_cuda_backend
+from mpi_jobs import ROOT, needs_mpi, run_job
 
 import fusednn
 from fusednn import distributed
@@ -30,10 +27,6 @@ from fusednn.backends.device import Device
 from fusednn.distributed import ABORT_STATUS, nccl
 from fusednn.distributed.mpi import MPICommunicator
 from fusednn.distributed.single import SingleProcess
-
-TESTS = Path(__file__).resolve().parent
-HAVE_MPI4PY = importlib.util.find_spec("mpi4py") is not None
-MPIEXEC = shutil.which("mpiexec")
 
 
 @pytest.fixture(scope="module")
@@ -67,26 +60,11 @@ def comm(sim_backend: fusednn.Backend, fake: FakeNccl, monkeypatch: pytest.Monke
 # ---------------------------------------------------------------- two ranks under mpiexec
 
 
-def mpiexec(ranks: int, *arguments: str) -> list[str]:
-    """The command that starts ``ranks`` processes of ``arguments``; Open MPI needs leave to run as root here."""
-    assert MPIEXEC is not None
-    version = subprocess.run([MPIEXEC, "--version"], capture_output=True, text=True).stdout
-    open_mpi = ["--allow-run-as-root", "--oversubscribe"] if "Open MPI" in version else []
-    return [MPIEXEC, *open_mpi, "-n", str(ranks), *arguments]
-
-
-@pytest.mark.skipif(MPIEXEC is None, reason="mpiexec is not on PATH (install Open MPI or MPICH)")
-@pytest.mark.skipif(not HAVE_MPI4PY, reason="mpi4py is not installed (pip install mpi4py)")
+@needs_mpi
 def test_two_ranks_train_the_weights_of_one_process_with_both_batches(shim_path: Path, tmp_path: Path) -> None:
-    script = TESTS / "distributed_nccl_ranks.py"
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(TESTS.parent), str(TESTS)])}
-    done = subprocess.run(
-        mpiexec(2, sys.executable, "-m", "mpi4py", str(script), str(shim_path), str(tmp_path)),
-        capture_output=True,
-        text=True,
-        timeout=120,
-        env=env,
-    )
+    # -m mpi4py: an error on one rank aborts both, rather than leave the other waiting in a collective
+    script = [sys.executable, "-m", "mpi4py", str(ROOT / "tests" / "distributed_nccl_ranks.py")]
+    done = run_job(2, [*script, str(shim_path), str(tmp_path)], tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
     reports = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in (0, 1)]
 
