@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 
 import pytest
 
@@ -64,6 +65,16 @@ def fast_device(request: pytest.FixtureRequest) -> str:
 def dtype(request: pytest.FixtureRequest) -> str:
     """Both float dtypes every backend supports."""
     return request.param
+
+
+@pytest.fixture
+def without_mpi4py(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``from mpi4py import MPI`` fails, as where mpi4py is not installed, in a process no launcher started."""
+    from fusednn.distributed.launch import WORLD_SIZE_VARIABLES
+
+    monkeypatch.setitem(sys.modules, "mpi4py", None)
+    for name in WORLD_SIZE_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
 
 
 # Tolerances per dtype for comparing an optimised backend with the reference.

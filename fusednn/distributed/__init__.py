@@ -11,15 +11,16 @@ per optimizer step makes the ranks' updates identical.
   through the host.
 * :class:`~fusednn.distributed.nccl.NCCLCommunicator` (``"nccl"``): NCCL through CuPy
   on the device buffers, on the model's stream, with no host round trip; one rank per
-  GPU, bootstrapped through MPI.
+  GPU (:func:`local_device` picks it), bootstrapped through MPI.
 
 Both run the small host-side collectives (step losses once per epoch, setup checks,
-errors) through MPI. Nothing here is imported until a run asks for it: a process that
-trains on one device never loads mpi4py.
+errors) through MPI; a one-GPU NCCL job runs without mpi4py. Nothing here is imported
+until a run asks for it: a process that trains on one device never loads mpi4py.
 
 Launch a job as MPI jobs are launched::
 
     mpiexec -n 4 fusednn train --data mnist --distributed mpi
+    mpiexec -n 4 fusednn train --data mnist --distributed nccl --device cuda   # one rank per GPU
 
 A failure is never a hang. Where every rank can reach an agreement point (setting up
 ``fit``, writing a checkpoint) the ranks compare notes (:meth:`Communicator.agreement`)
@@ -41,6 +42,7 @@ from typing import Any, ClassVar, NoReturn
 import numpy as np
 
 from ..backends import Backend
+from .launch import local_device, local_rank
 
 Array = Any
 
@@ -138,8 +140,8 @@ class Communicator(ABC):
         (so that a command's exit status is the same on every rank), else a
         :class:`RankFailedError`, with the failing rank named in either case.
 
-        >>> from fusednn.distributed.mpi import MPICommunicator
-        >>> with MPICommunicator().agreement("checking the data"):
+        >>> from fusednn.distributed.single import SingleProcess
+        >>> with SingleProcess().agreement("checking the data"):
         ...     pass
         """
         failure: BaseException | None = None
@@ -214,4 +216,4 @@ def connect(kind: str, backend: Backend) -> Communicator:
     return communicator
 
 
-__all__ = ["ABORT_STATUS", "KINDS", "Communicator", "RankFailedError", "connect"]
+__all__ = ["ABORT_STATUS", "KINDS", "Communicator", "RankFailedError", "connect", "local_device", "local_rank"]

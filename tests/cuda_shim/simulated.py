@@ -24,12 +24,17 @@ CuPy arithmetic, copies and host reads while capturing raise, as they would brea
 low-level cuBLAS binding: column-major GEMMs with cuBLAS's argument checks, recorded
 while their handle's stream captures, refused on a handle bound to another stream or
 without a workspace.
+
+Each allocation is known by its address range (:func:`device_memory`), so a library
+handed raw device pointers (NCCL, in :mod:`.fake_nccl`) finds the array behind them,
+and a pointer or an element count past the end of an allocation fails.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import weakref
 from collections.abc import Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -136,6 +141,16 @@ def _forbid_while_capturing(what: str) -> None:
         raise RuntimeError(f"{what} while a stream is capturing: a captured step must only launch kernels")
 
 
+def _get_current_stream() -> SimpleNamespace:
+    """``cupy.cuda.get_current_stream()``: the stream of the innermost ``with stream:`` (``ptr`` 0: the default one)."""
+    return SimpleNamespace(ptr=_current_stream)
+
+
+def _pci_bus_id(index: int) -> str:
+    """``cupy.cuda.runtime.deviceGetPCIBusId``: a distinct bus id for each simulated GPU of this process."""
+    return f"0000:{0x10 + index:02X}:00.0"
+
+
 class SimStream:
     """``cupy.cuda.Stream``: a context manager that captures launches into a :class:`SimGraph`."""
 
@@ -188,6 +203,37 @@ def _check_host_read(what: str) -> None:
         _host_reads.append(what)
 
 
+_device_memory: dict[int, tuple[weakref.ref, int, int, int, np.dtype]] = {}
+"""Each live allocation that backs a :class:`SimArray`: id of its owner -> (owner, start, bytes, GPU, dtype)."""
+
+
+def _register_allocation(array: SimArray) -> None:
+    owner: np.ndarray = array
+    while isinstance(owner.base, np.ndarray):
+        owner = owner.base
+    key = id(owner)
+    if key not in _device_memory:
+        forget = lambda _: _device_memory.pop(key, None)  # noqa: E731 - the callback of one weak reference
+        _device_memory[key] = (weakref.ref(owner, forget), owner.ctypes.data, owner.nbytes, array._gpu, owner.dtype)
+
+
+def device_memory(pointer: int, nbytes: int) -> tuple[int, np.dtype]:
+    """The GPU and dtype of the live allocation holding bytes ``[pointer, pointer + nbytes)``.
+
+    Raises ``ValueError`` when no allocation holds them all: a pointer to no array, or a
+    count that runs past its end (on a GPU, an illegal address or another array's memory).
+    """
+    for _, start, size, gpu, dtype in _device_memory.values():
+        if start <= pointer < start + max(size, 1):
+            if pointer + nbytes > start + size:
+                raise ValueError(
+                    f"{nbytes} bytes at {pointer:#x} run {pointer + nbytes - start - size} bytes past the end of "
+                    f"their allocation ({size} bytes of {dtype.name} on cuda:{gpu})"
+                )
+            return gpu, dtype
+    raise ValueError(f"{pointer:#x} points into no allocation of a simulated GPU")
+
+
 class SimArray(np.ndarray):
     """A NumPy array on a simulated GPU, reported by ``.device.id`` as CuPy does."""
 
@@ -196,6 +242,8 @@ class SimArray(np.ndarray):
     def __array_finalize__(self, obj: Any) -> None:
         # A view keeps its base's GPU; a new array (allocated by NumPy, then viewed as SimArray) is on the current one.
         self._gpu = getattr(obj, "_gpu", _current_gpu)
+        if not isinstance(obj, SimArray):  # new device memory, not a view of a simulated array
+            _register_allocation(self)
 
     @property
     def device(self) -> SimpleNamespace:  # type: ignore[override]
@@ -285,7 +333,12 @@ class _FakeCupy:
     """The part of the ``cupy`` namespace the backend uses, over NumPy; creators return :class:`SimArray`."""
 
     ndarray = SimArray
-    cuda = SimpleNamespace(Device=_use_gpu, Stream=SimStream)
+    cuda = SimpleNamespace(
+        Device=_use_gpu,
+        Stream=SimStream,
+        get_current_stream=_get_current_stream,
+        runtime=SimpleNamespace(deviceGetPCIBusId=_pci_bus_id),
+    )
 
     @staticmethod
     def asnumpy(a: Any) -> np.ndarray:
