@@ -340,3 +340,22 @@ def test_the_overlap_benchmark_runs_under_mpiexec() -> None:
     assert result.returncode == 0, result.stderr
     rows = [line for line in result.stdout.splitlines() if line.startswith("| ")]
     assert len(rows) == 7 and "bucket by bucket" in result.stdout, result.stdout
+
+
+def test_the_cli_puts_each_nccl_rank_on_its_own_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    import argparse
+
+    import fusednn
+    from fusednn.cli import run
+
+    connected: list[tuple[str, Any]] = []
+    monkeypatch.setattr(distributed, "local_device", lambda: "cuda:3")  # rank 3 of its node
+    monkeypatch.setattr(distributed, "connect", lambda kind, backend: connected.append((kind, backend)) or kind)
+    monkeypatch.setattr(fusednn, "backend", lambda device: f"backend of {device}")
+    args = argparse.Namespace(distributed="nccl", device="cuda")
+    assert run._communicator(args) == "nccl" and args.device == "cuda:3"
+    args = argparse.Namespace(distributed="nccl", device="cuda:1")  # a device given with its index stays
+    run._communicator(args)
+    args = argparse.Namespace(distributed="mpi", device="cuda")
+    run._communicator(args)
+    assert connected == [("nccl", "backend of cuda:3"), ("nccl", "backend of cuda:1"), ("mpi", "backend of cuda")]

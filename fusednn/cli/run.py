@@ -113,6 +113,8 @@ def _communicator(args: argparse.Namespace) -> Any:
         return None
     from .. import distributed
 
+    if args.distributed == "nccl" and args.device == "cuda":
+        args.device = distributed.local_device()  # one GPU per rank: this rank's of its node
     with failing_as(ExitStatus.USAGE, ValueError), failing_as(ExitStatus.DEVICE, RuntimeError, ImportError):
         return distributed.connect(args.distributed, fusednn.backend(args.device))
 

@@ -631,7 +631,8 @@ def fit(
             loop.trainer = _trainer(model, loss_fn, opt, batch_size, accumulate, train.labels, epoch_path == "compiled")
     if parallel is not None:
         parallel.check_same("training", _training_facts(loop, epochs, eval_batch_size, x_train, y_train, validation))
-        parallel.start(model, opt)
+        with parallel.comm.aborting_on_failure():  # a rank that fails mid-broadcast leaves the others in it
+            parallel.start(model, opt)
     first = int(model.epochs_trained)
     last = first + epochs
     history = History(
