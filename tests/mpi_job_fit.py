@@ -13,7 +13,7 @@ import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -159,23 +159,26 @@ def _diverges(rank: int) -> None:
     nn.fit(model, x * 1e3, y, optimizer="sgd", lr=1e30, epochs=2, batch_size=8, progress=False, distributed="mpi")
 
 
-class NaNOnRank1(nn.CategoricalCrossentropy):
-    """Cross-entropy whose second step's loss is NaN on rank 1 alone: a divergence the other rank never sees."""
+def planted_on_rank_1(base: type[nn.Loss], rank: int, call: int, plant: Callable[[Any], Any]) -> nn.Loss:
+    """A ``base`` loss whose ``call``-th call on rank 1 (of this process's ``rank``) returns ``plant(result)``."""
 
-    def __init__(self, rank: int) -> None:
-        super().__init__()
-        self.rank, self.calls = rank, 0
+    class Planted(base):  # type: ignore[valid-type, misc]  # a class made for one test run
+        calls = 0
 
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        self.calls += 1
-        value, dout = super().__call__(*args, **kwargs)
-        return (value * np.nan if self.rank == 1 and self.calls == 2 else value), dout
+        def __call__(self, *args: Any, **kwargs: Any) -> Any:
+            self.calls += 1
+            result = super().__call__(*args, **kwargs)
+            return plant(result) if rank == 1 and self.calls == call else result
+
+    return Planted()
 
 
 def _nan_on_rank_1(rank: int) -> None:
     x, y = _classes(64)
     model = nn.MLP([6, 4, 3], device="numpy", seed=0)
-    nn.fit(model, x, y, loss=NaNOnRank1(rank), epochs=2, batch_size=8, progress=False, distributed="mpi")
+    # The second step's loss is NaN on rank 1 alone: a divergence the other rank never sees.
+    loss = planted_on_rank_1(nn.CategoricalCrossentropy, rank, 2, lambda result: (result[0] * np.nan, result[1]))
+    nn.fit(model, x, y, loss=loss, epochs=2, batch_size=8, progress=False, distributed="mpi")
 
 
 def _compiled(rank: int) -> None:
@@ -207,24 +210,15 @@ def failures(out: Path, rank: int) -> None:
     (out / f"failures.rank{rank}.json").write_text(json.dumps(raised))
 
 
-class FailsOnRank1(nn.MeanSquaredError):
-    """MSE that raises on rank 1 at its third call: a bug in the middle of an epoch."""
-
-    def __init__(self, rank: int) -> None:
-        super().__init__()
-        self.rank, self.calls = rank, 0
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        self.calls += 1
-        if self.rank == 1 and self.calls == 3:
-            raise ZeroDivisionError("planted failure in the third step")
-        return super().__call__(*args, **kwargs)
+def _fail(result: Any) -> NoReturn:
+    raise ZeroDivisionError("planted failure in the third step")
 
 
 def abort(out: Path, rank: int) -> None:
     x, y = _regression(256)
     model = nn.MLP([6, 4, 2], device="numpy", seed=0)
-    nn.fit(model, x, y, loss=FailsOnRank1(rank), epochs=50, batch_size=8, progress=False, distributed="mpi")
+    loss = planted_on_rank_1(nn.MeanSquaredError, rank, 3, _fail)  # a bug in the middle of an epoch
+    nn.fit(model, x, y, loss=loss, epochs=50, batch_size=8, progress=False, distributed="mpi")
 
 
 def main() -> None:
