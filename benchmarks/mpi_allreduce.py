@@ -65,12 +65,20 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--json", help="write the measurements here (rank 0)")
     parser.add_argument("--repeats", type=int, default=25, help="timed blocks per size; the best counts")
+    parser.add_argument(
+        "--sizes",
+        type=lambda text: [int(part) for part in text.split(",")],
+        default=list(SIZES_BYTES),
+        help="bytes to reduce, comma-separated multiples of 4 (default: 4 KiB, 64 KiB, 1, 2, 4 and 8 MiB)",
+    )
     args = parser.parse_args(argv)
+    if any(nbytes <= 0 or nbytes % 4 for nbytes in args.sizes):
+        parser.error(f"--sizes must be positive multiples of 4 bytes (float32), got {args.sizes}")
     MPI = import_mpi()
     comm = MPI.COMM_WORLD
     ranks = comm.Get_size()
     rows = []
-    for nbytes in SIZES_BYTES:
+    for nbytes in args.sizes:
         seconds = time_allreduce(comm, nbytes, args.repeats)
         rows.append({"bytes": nbytes, "seconds": seconds, "bus_bw": bus_bandwidth(nbytes, ranks, seconds)})
     if comm.Get_rank() != 0:

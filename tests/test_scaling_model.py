@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 
 import pytest
+from mpi_jobs import ROOT, needs_mpi, run_job
 
 from benchmarks import scaling_model as sm
 from benchmarks.configs import CONFIGS
@@ -206,3 +208,19 @@ def test_the_cpu_section_uses_the_measured_mpi_and_steps(tmp_path, capsys):
 def test_the_cpu_section_needs_both_of_its_inputs(tmp_path):
     with pytest.raises(SystemExit):
         sm.parse_args(["--mpi", str(tmp_path / "mpi.json")])
+
+
+@needs_mpi
+def test_the_mpi_timer_runs_as_a_two_rank_job_and_feeds_the_model(tmp_path):
+    out = tmp_path / "mpi.json"
+    argv = [sys.executable, "-m", "benchmarks.mpi_allreduce", "--sizes", "4096,1048576", "--repeats", "2"]
+    result = run_job(2, [*argv, "--json", str(out)], cwd=ROOT, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "| 1,048,576 |" in result.stdout
+    record = json.loads(out.read_text())
+    assert record["ranks"] == 2 and [row["bytes"] for row in record["results"]] == [4096, 1 << 20]
+    for row in record["results"]:
+        assert row["seconds"] > 0
+        assert row["bus_bw"] == pytest.approx(row["bytes"] / row["seconds"])  # 2 (P - 1) / P = 1 at P = 2
+    network, ranks = sm.mpi_network([str(out)])
+    assert (ranks, network.latency_s) == (2, record["results"][0]["seconds"])
