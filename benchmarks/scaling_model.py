@@ -22,7 +22,8 @@ per-step overhead (:class:`FlopStepTime`), or a measured step time per configura
     python -m benchmarks.scaling_model --measured gpu-results/compare_cuda.json
 
 ``--mpi`` (:mod:`benchmarks.mpi_allreduce`) and ``--cpu-measured`` (a CPU runner JSON) add the
-same model for this machine's MPI; ``--cpu-dp`` adds data-parallel throughput measured there.
+same model for this machine's MPI; ``--cpu-dp`` adds data-parallel throughput measured there
+(:mod:`benchmarks.dp_throughput`, one file per rank count).
 
 >>> network = Network("two ranks", ranks_per_node=2, intra_bus_bw=8e9, latency_s=4e-6)
 >>> round(network.allreduce_s(8e6, 2) * 1e6)  # 8 MB over 2 ranks: 4 µs + 8e6 * 2 * 1/2 / 8e9 s
@@ -46,7 +47,6 @@ from fusednn.nn.parameters import ALIGNMENT
 
 from .configs import CONFIGS, Config, step_flops
 from .report import format_rate, format_us, markdown_table
-from .targets import median_of
 
 GIGA = 1e9
 NODES = (1, 2, 4, 8, 16)
@@ -374,11 +374,12 @@ def allreduce_markdown(configs: list[Config], networks: list[Network], ranks: li
     return markdown_table(header, body, "lrr" + "r" * len(ranks))
 
 
-def load_step_seconds(path: str | Path, device: str, mode: str) -> dict[str, float]:
+def load_step_seconds(path: str | Path, device: str, mode: str, statistic: str = "median") -> dict[str, float]:
     """fusednn's measured seconds per step by configuration, from a runner JSON or a ``{config: seconds}`` file.
 
     A comparison-runner report (``python -m benchmarks.compare --json``) gives fusednn's
-    median µs/step on ``device`` in ``mode``; any other JSON object is taken as seconds by name.
+    ``statistic`` (``"median"`` or ``"min"``) µs/step over the repeats on ``device`` in ``mode``;
+    any other JSON object is taken as seconds by name.
 
     Raises:
         ValueError: an unknown configuration name, a non-positive time, or a report with no fusednn rows there.
@@ -386,11 +387,11 @@ def load_step_seconds(path: str | Path, device: str, mode: str) -> dict[str, flo
     data = json.loads(Path(path).read_text())
     if "devices" in data:
         results = data["devices"].get(device, {}).get("results", [])
-        seconds = {}
-        for name in CONFIGS:
-            median = median_of(results, name, "fusednn", mode)
-            if median is not None:
-                seconds[name] = median * 1e-6
+        seconds = {
+            row["config"]: row[f"{statistic}_us"] * 1e-6
+            for row in results
+            if (row["peer"], row.get("mode", "step")) == ("fusednn", mode) and f"{statistic}_us" in row
+        }
         if not seconds:
             raise ValueError(f"{path}: no fusednn {mode}-mode rows on {device!r}")
         return seconds
@@ -436,7 +437,21 @@ def mpi_network(paths: list[str]) -> tuple[Network, int]:
     return Network(name, count, intra_bus_bw=max(large), latency_s=best[min(best)]), count
 
 
-def cpu_rows(network: Network, ranks: int, compute: MeasuredStepTime, measured_dp: dict[str, Any]) -> list[dict]:
+def load_throughput(paths: list[str]) -> dict[str, dict[int, float]]:
+    """Measured samples/s by configuration and rank count from :mod:`benchmarks.dp_throughput` JSON files.
+
+    Several runs of one configuration and rank count pool by the best, as ``--mpi`` runs do: on a
+    shared machine a run is only ever slowed down by the rest of its load.
+    """
+    measured: dict[str, dict[int, float]] = {}
+    for path in paths:
+        record = json.loads(Path(path).read_text())
+        by_ranks = measured.setdefault(record["config"], {})
+        by_ranks[record["ranks"]] = max(by_ranks.get(record["ranks"], 0.0), record["samples_per_s"])
+    return measured
+
+
+def cpu_rows(network: Network, ranks: int, compute: MeasuredStepTime, measured: dict[str, dict[int, float]]) -> list:
     """The model on this machine per measured configuration but the floor (xor), with measured throughput if given."""
     rows = []
     for name in compute.seconds:
@@ -456,7 +471,7 @@ def cpu_rows(network: Network, ranks: int, compute: MeasuredStepTime, measured_d
                 **{f"batch_{round(t * 100)}": threshold_batch(config, ranks, network, compute, t) for t in TARGETS},
                 "samples_per_s_1": config.batch / step_1,
                 "samples_per_s_n": ranks * config.batch / (step_1 + allreduce),
-                "measured_samples_per_s": measured_dp.get(name),
+                "measured_samples_per_s": {str(n): value for n, value in measured.get(name, {}).items()},
             }
         )
     return rows
@@ -465,7 +480,8 @@ def cpu_rows(network: Network, ranks: int, compute: MeasuredStepTime, measured_d
 def cpu_markdown(network: Network, ranks: int, rows: list[dict[str, Any]]) -> str:
     """The CPU table: measured one-rank steps and MPI, the modelled ``ranks``-rank step, thresholds, samples/s."""
     header = ["config", "batch/rank", "grad MB", "step, 1 rank µs", "all-reduce µs", "efficiency %"]
-    header += ["b 50 %", "b 90 %", "samples/s, 1 rank", f"samples/s, {ranks} ranks", "measured 1 / N ranks"]
+    header += ["b 50 %", "b 90 %", "samples/s, 1 rank", f"samples/s, {ranks} ranks"]
+    header += [f"measured samples/s, 1 / {ranks} ranks", "measured efficiency %"]
     body = []
     for row in rows:
         measured = row["measured_samples_per_s"]
@@ -481,7 +497,8 @@ def cpu_markdown(network: Network, ranks: int, rows: list[dict[str, Any]]) -> st
                 format_batch(row["batch_90"]),
                 format_rate(row["samples_per_s_1"]),
                 format_rate(row["samples_per_s_n"]),
-                "–" if measured is None else f"{format_rate(measured['1'])} / {format_rate(measured[str(ranks)])}",
+                " / ".join(format_rate(measured.get(key)) for key in ("1", str(ranks))),
+                _percent(measured[str(ranks)] / ranks / measured["1"]) if {"1", str(ranks)} <= set(measured) else "–",
             ]
         )
     intro = (
@@ -498,7 +515,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--mpi", nargs="+", default=[], help="benchmarks.mpi_allreduce JSON(s) of this machine")
     parser.add_argument("--cpu-measured", help="CPU step times: a runner JSON (cpu rows) or {config: seconds}")
     parser.add_argument("--cpu-mode", default="step", choices=["step", "fit"], help="rows of the CPU runner JSON")
-    parser.add_argument("--cpu-dp", help='measured samples/s, {config: {"1": s/s at 1 rank, "N": at N ranks}}')
+    parser.add_argument(
+        "--cpu-statistic",
+        default="min",
+        choices=["min", "median"],
+        help="of the CPU runner's repeats (min: other work on a shared machine only ever slows a step down)",
+    )
+    parser.add_argument("--cpu-dp", nargs="+", default=[], help="benchmarks.dp_throughput JSON(s), one per rank count")
     parser.add_argument("--json", help="also write every figure here")
     args = parser.parse_args(argv)
     if bool(args.mpi) != bool(args.cpu_measured):
@@ -534,9 +557,9 @@ def main(argv: list[str] | None = None) -> None:
         parts.append(scenario_markdown(scenario, rows))
     if args.mpi:
         network, count = mpi_network(args.mpi)
-        cpu = measured_step_time(load_step_seconds(args.cpu_measured, "cpu", args.cpu_mode), None, 0.0)
-        measured_dp = json.loads(Path(args.cpu_dp).read_text()) if args.cpu_dp else {}
-        rows = cpu_rows(network, count, cpu, measured_dp)
+        seconds = load_step_seconds(args.cpu_measured, "cpu", args.cpu_mode, args.cpu_statistic)
+        cpu = measured_step_time(seconds, None, 0.0)
+        rows = cpu_rows(network, count, cpu, load_throughput(args.cpu_dp))
         output["cpu"] = {"network": asdict(network), "ranks": count, "floor_s": cpu.floor_s, "rows": rows}
         parts += [f"#### This machine: MPI over {count} ranks", cpu_markdown(network, count, rows)]
     print("\n\n".join(parts))

@@ -13,6 +13,7 @@ import sys
 import pytest
 from mpi_jobs import ROOT, needs_mpi, run_job
 
+from benchmarks import dp_throughput
 from benchmarks import scaling_model as sm
 from benchmarks.configs import CONFIGS
 from fusednn import nn
@@ -130,8 +131,8 @@ def test_measured_steps_load_from_a_runner_report_or_a_mapping(tmp_path):
         "devices": {
             "cuda": {
                 "results": [
-                    {"config": "xor", "peer": "fusednn", "mode": "fit", "median_us": 25.0},
-                    {"config": "mnist-l", "peer": "fusednn", "mode": "fit", "median_us": 300.0},
+                    {"config": "xor", "peer": "fusednn", "mode": "fit", "median_us": 25.0, "min_us": 20.0},
+                    {"config": "mnist-l", "peer": "fusednn", "mode": "fit", "median_us": 300.0, "min_us": 280.0},
                     {"config": "mnist-l", "peer": "fusednn", "mode": "step", "median_us": 999.0},
                     {"config": "mnist-l", "peer": "torch", "mode": "fit", "median_us": 111.0},
                 ]
@@ -142,6 +143,7 @@ def test_measured_steps_load_from_a_runner_report_or_a_mapping(tmp_path):
     path.write_text(json.dumps(report))
     seconds = sm.load_step_seconds(path, "cuda", "fit")
     assert seconds == pytest.approx({"xor": 25e-6, "mnist-l": 300e-6})
+    assert sm.load_step_seconds(path, "cuda", "fit", "min") == pytest.approx({"xor": 20e-6, "mnist-l": 280e-6})
     model = sm.measured_step_time(seconds, FLOPS, default_floor_s=1.0)
     assert model.floor_s == pytest.approx(25e-6)  # xor's measured step is the floor
     with pytest.raises(ValueError, match="no fusednn step-mode rows on 'cpu'"):
@@ -194,11 +196,12 @@ def test_the_cpu_section_uses_the_measured_mpi_and_steps(tmp_path, capsys):
     mpi.write_text(json.dumps(_mpi_record(2, [(4096, 4e-6), (8 << 20, 1e-3)])))
     cpu = tmp_path / "cpu.json"
     cpu.write_text(json.dumps({"xor": 30e-6, "mnist-l": 0.08}))
-    dp = tmp_path / "dp.json"
-    dp.write_text(json.dumps({"mnist-l": {"1": 12000.0, "2": 23000.0}}))
+    dp1, dp2 = tmp_path / "dp1.json", tmp_path / "dp2.json"
+    dp1.write_text(json.dumps({"config": "mnist-l", "ranks": 1, "samples_per_s": 12000.0}))
+    dp2.write_text(json.dumps({"config": "mnist-l", "ranks": 2, "samples_per_s": 21000.0}))
     out = tmp_path / "model.json"
-    sm.main(["--mpi", str(mpi), "--cpu-measured", str(cpu), "--cpu-dp", str(dp), "--json", str(out)])
-    assert "12k / 23k" in capsys.readouterr().out
+    sm.main(["--mpi", str(mpi), "--cpu-measured", str(cpu), "--cpu-dp", str(dp1), str(dp2), "--json", str(out)])
+    assert "| 12k / 21k | 88 |" in capsys.readouterr().out  # 21k / (2 x 12k)
     (row,) = json.loads(out.read_text())["cpu"]["rows"]  # xor is the floor, not a row
     allreduce = 4e-6 + sm.gradient_bytes(CONFIGS["mnist-l"]) / ((8 << 20) / 1e-3)
     assert row["allreduce_s"] == pytest.approx(allreduce)
@@ -224,3 +227,32 @@ def test_the_mpi_timer_runs_as_a_two_rank_job_and_feeds_the_model(tmp_path):
         assert row["bus_bw"] == pytest.approx(row["bytes"] / row["seconds"])  # 2 (P - 1) / P = 1 at P = 2
     network, ranks = sm.mpi_network([str(out)])
     assert (ranks, network.latency_s) == (2, record["results"][0]["seconds"])
+
+
+def test_throughput_files_pool_by_configuration_and_rank_count_keeping_the_best(tmp_path):
+    paths = []
+    for index, (config, ranks) in enumerate([("mnist-l", 1), ("mnist-l", 2), ("digits", 2), ("mnist-l", 2)]):
+        path = tmp_path / f"{index}.json"
+        path.write_text(
+            json.dumps({"config": config, "ranks": ranks, "samples_per_s": [100.0, 250.0, 300.0, 200.0][index]})
+        )
+        paths.append(str(path))
+    assert sm.load_throughput(paths) == {"mnist-l": {1: 100.0, 2: 250.0}, "digits": {2: 300.0}}
+
+
+@needs_mpi
+def test_data_parallel_throughput_is_measured_at_one_and_two_ranks(tmp_path):
+    one, two = tmp_path / "dp1.json", tmp_path / "dp2.json"
+    dp_throughput.main(["--config", "digits", "--steps", "3", "--epochs", "2", "--json", str(one)])
+    argv = [sys.executable, "-m", "benchmarks.dp_throughput", "--config", "digits", "--steps", "3", "--epochs", "2"]
+    result = run_job(2, [*argv, "--json", str(two)], cwd=ROOT, timeout=120)
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(path.read_text()) for path in (one, two)]
+    assert [(r["config"], r["ranks"], r["batch_per_rank"], r["steps"]) for r in records] == [
+        ("digits", 1, 32, 3),
+        ("digits", 2, 32, 3),
+    ]
+    for record in records:
+        assert len(record["epoch_s"]) == 2 and min(record["epoch_s"]) > 0
+        assert record["samples_per_s"] == pytest.approx(32 * record["ranks"] * 3 / min(record["epoch_s"]))
+    assert sm.load_throughput([str(one), str(two)])["digits"].keys() == {1, 2}
