@@ -8,8 +8,8 @@ sets them beside its prediction (``python -m benchmarks.scaling_model ... --cpu-
     mpiexec -n 2 python -m benchmarks.dp_throughput --config mnist-l --json dp2.json
 
 One rank runs under ``mpiexec`` too, so that both are launched alike: on the 2-core machine
-of 2026-12-01 a plain ``python`` process ran 4-15 % slower than one that ``mpiexec -n 1``
-started, which would pass for a super-linear speed-up.
+of 2026-12-01 a plain ``python`` process trained mnist-l up to about 15 % slower than one
+that ``mpiexec -n 1`` started, which passed for a super-linear speed-up at 2 ranks.
 
 Every rank trains the configuration's MLP (float32, Adam at 0.001, its batch per rank, the
 ``cpu`` backend) on random rows through the per-step path (data-parallel ``fit`` has no
