@@ -1,24 +1,23 @@
 """Samples per second of data-parallel training on this machine: 1 and 2 MPI ranks against 1 process with 2 threads.
 
-Each setting trains the same model on the same rows with the same global batch (so the
-same weights, to rounding): mnist-l's 784-1024-1024-10 ReLU MLP with softmax cross-entropy
-and Adam at a global batch of 1,024, on random float32 rows, through ``nn.fit``:
+Every setting trains mnist-l's 784-1024-1024-10 ReLU MLP (float32, softmax cross-entropy,
+Adam) on random rows through ``nn.fit``, timed by :mod:`benchmarks.dp_throughput` (the best of
+its timed epochs, set-up excluded, with the all-reduce's share of that epoch):
 
-* ``1 rank, 1 thread`` and ``1 rank, 2 threads``: one process, its BLAS and Numba pools
-  held to that many threads, on the per-step path and on compiled epochs;
-* ``2 ranks, 1 thread each``: ``mpiexec -n 2``, ``fit(distributed=...)``, 512 rows per rank.
+* ``1 process``: 1 or 2 threads (BLAS and Numba pools), on the per-step path and on
+  compiled epochs, at a batch of 1,024;
+* ``2 ranks, 1 thread each``: ``fit(distributed=...)`` at 512 rows per rank, the same
+  global batch of 1,024 (the same training, to rounding), and at 1,024 per rank (a global
+  batch of 2,048: what each rank does when the job grows with the ranks).
 
-The all-reduce's share of a step is timed inside the ranks: the communicator adds up the
-seconds its gradient all-reduces take (including waiting for the slower rank).
-
-Every setting runs in fresh processes, alternating, ``--rounds`` times; each process times
-one ``fit`` call of ``--epochs`` epochs after a warm-up epoch. The table gives the best and
-median over the rounds.
+Every setting runs under ``mpiexec`` (a plain ``python`` process ran up to 15 % slower here
+than one ``mpiexec -n 1`` started), each as its users would launch it: a rank per core,
+bound to it (Open MPI's default), and the two-thread process unbound (``--bind-to none``).
+The settings run in fresh jobs, alternating, ``--rounds`` times; the table gives the best
+and the median over the rounds. ``OPENBLAS_CORETYPE`` and ``OPENBLAS_L2_SIZE`` are removed
+from the jobs' environment (they can halve OpenBLAS's GEMM here)::
 
     python -m benchmarks.data_parallel --json benchmarks/results/data-parallel.json
-
-``OPENBLAS_CORETYPE`` and ``OPENBLAS_L2_SIZE`` are removed from the workers' environment (they
-can halve OpenBLAS's GEMM on this machine).
 """
 
 from __future__ import annotations
@@ -30,135 +29,97 @@ import shutil
 import statistics
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-SIZES = (784, 1024, 1024, 10)
-GLOBAL_BATCH = 1024
+ROOT = Path(__file__).resolve().parent.parent
 
 SETTINGS: dict[str, dict[str, Any]] = {
-    "1 rank, 1 thread, per-step": {"ranks": 1, "threads": 1, "epoch_path": "per-step"},
-    "1 rank, 1 thread, compiled": {"ranks": 1, "threads": 1, "epoch_path": "compiled"},
-    "1 rank, 2 threads, per-step": {"ranks": 1, "threads": 2, "epoch_path": "per-step"},
-    "1 rank, 2 threads, compiled": {"ranks": 1, "threads": 2, "epoch_path": "compiled"},
-    "2 ranks, 1 thread each": {"ranks": 2, "threads": 1, "epoch_path": "per-step"},
+    "1 process, 1 thread, per-step": {"ranks": 1, "threads": 1, "batch": 1024, "epoch_path": "per-step"},
+    "1 process, 1 thread, compiled": {"ranks": 1, "threads": 1, "batch": 1024, "epoch_path": "compiled"},
+    "1 process, 2 threads, per-step": {"ranks": 1, "threads": 2, "batch": 1024, "epoch_path": "per-step"},
+    "1 process, 2 threads, compiled": {"ranks": 1, "threads": 2, "batch": 1024, "epoch_path": "compiled"},
+    "2 ranks, 1 thread each, 512 rows each": {"ranks": 2, "threads": 1, "batch": 512, "epoch_path": "per-step"},
+    "2 ranks, 1 thread each, 1,024 rows each": {"ranks": 2, "threads": 1, "batch": 1024, "epoch_path": "per-step"},
 }
+BASELINE = "1 process, 1 thread, per-step"
 
 
-def _timed_communicator() -> Any:
-    """An MPI communicator that adds up the seconds spent in its array all-reduces (the gradient's, per step)."""
-    from fusednn.distributed.mpi import MPICommunicator
+def command(setting: dict[str, Any], steps: int, epochs: int) -> list[str]:
+    """The ``mpiexec`` command line of one job of ``setting``.
 
-    class Timed(MPICommunicator):
-        seconds = 0.0
-        calls = 0
-
-        def allreduce(self, array: Any) -> None:
-            started = time.perf_counter()
-            super().allreduce(array)
-            self.seconds += time.perf_counter() - started
-            self.calls += 1
-
-    return Timed()
-
-
-def worker(rows: int, epochs: int, epoch_path: str) -> dict[str, Any]:
-    """Train in this process (or rank); returns the best epoch's seconds and, on ranks, the all-reduce share."""
-    from fusednn import nn
-
-    comm = None
-    if "OMPI_COMM_WORLD_SIZE" in os.environ:
-        comm = _timed_communicator()
-    ranks = 1 if comm is None else comm.size
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((rows, SIZES[0]), dtype=np.float32)
-    y = rng.integers(0, SIZES[-1], rows)
-    model = nn.MLP(list(SIZES), activation="relu", device="cpu", seed=0)
-    optimizer = nn.Adam(model.parameters(), lr=1e-3)
-
-    def seconds_per_epoch(count: int) -> float:
-        started = time.perf_counter()
-        nn.fit(
-            model, x, y, optimizer=optimizer, epochs=count, batch_size=GLOBAL_BATCH // ranks, progress=False,
-            distributed=comm, epoch_path=epoch_path,
-        )  # fmt: skip
-        return (time.perf_counter() - started) / count
-
-    seconds_per_epoch(1)  # compiles or loads the kernels, warms the allocator
-    if comm is not None:
-        comm.seconds, comm.calls = 0.0, 0
-    seconds = seconds_per_epoch(epochs)  # one fit call: its per-call checks are spread over the epochs
-    share = None if comm is None else comm.seconds / (seconds * epochs)
-    return {"epoch_s": seconds, "allreduce_share": share, "steps": rows // GLOBAL_BATCH}
+    >>> command(SETTINGS["1 process, 2 threads, compiled"], 4, 2)[3:7]
+    ['-n', '1', '--bind-to']
+    """
+    mpiexec = shutil.which("mpiexec")
+    if mpiexec is None:
+        raise RuntimeError("mpiexec is not on PATH: pip install -e '.[distributed]'")
+    binding = ["--bind-to", "none"] if setting["threads"] > 1 else []
+    return [
+        mpiexec, "--allow-run-as-root", "--oversubscribe", "-n", str(setting["ranks"]), *binding,
+        sys.executable, "-m", "benchmarks.dp_throughput", "--config", "mnist-l", "--steps", str(steps),
+        "--epochs", str(epochs), "--batch-per-rank", str(setting["batch"]), "--epoch-path", setting["epoch_path"],
+    ]  # fmt: skip
 
 
-def _environment(threads: int) -> dict[str, str]:
+def environment(threads: int) -> dict[str, str]:
+    """This process's environment for a job of ``threads`` threads per rank, without the OpenBLAS overrides."""
     env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
     for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
         env[name] = str(threads)
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parent.parent), env.get("PYTHONPATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
     return env
 
 
-def run_setting(setting: dict[str, Any], rows: int, epochs: int) -> dict[str, Any]:
-    """One fresh process (or MPI job) of ``setting``; rank 0's report."""
-    command = [sys.executable, "-m", "benchmarks.data_parallel", "--worker", "--rows", str(rows)]
-    command += ["--epochs", str(epochs), "--epoch-path", setting["epoch_path"]]
-    if setting["ranks"] > 1:
-        mpiexec = shutil.which("mpiexec")
-        if mpiexec is None:
-            raise RuntimeError("mpiexec is not on PATH: pip install -e '.[distributed]'")
-        command = [mpiexec, "--allow-run-as-root", "--oversubscribe", "-n", str(setting["ranks"]), *command]
-    result = subprocess.run(command, env=_environment(setting["threads"]), capture_output=True, text=True, check=False)
+def run_setting(setting: dict[str, Any], steps: int, epochs: int) -> dict[str, Any]:
+    """One fresh job of ``setting``: rank 0's record from :func:`benchmarks.dp_throughput.samples_per_s`."""
+    argv = command(setting, steps, epochs)
+    result = subprocess.run(argv, env=environment(setting["threads"]), cwd=ROOT, capture_output=True, text=True)
     if result.returncode:
-        raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr}")
-    reports = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
-    return reports[0]
+        raise RuntimeError(f"{' '.join(argv)} failed:\n{result.stderr}")
+    return next(json.loads(line) for line in result.stdout.splitlines() if line.startswith("{"))
 
 
-def table(results: dict[str, list[dict[str, Any]]], rows: int) -> str:
-    """The markdown table of ``results`` (setting -> one report per round)."""
-    base = statistics.median(r["epoch_s"] for r in results["1 rank, 1 thread, per-step"])
+def table(results: dict[str, list[dict[str, Any]]]) -> str:
+    """The markdown table of ``results`` (setting -> one record per round).
+
+    >>> record = {"samples_per_s": 100.0, "allreduce_share": 0.0}
+    >>> print(table({BASELINE: [record], "2 ranks": [{"samples_per_s": 180.0, "allreduce_share": 0.05}]}))
+    | setting | samples/s best | samples/s median | × 1 process, 1 thread, per-step | all-reduce share |
+    | --- | ---: | ---: | ---: | ---: |
+    | 1 process, 1 thread, per-step | 100 | 100 | 1.00 | - |
+    | 2 ranks | 180 | 180 | 1.80 | 5.0% |
+    """
+    base = statistics.median(record["samples_per_s"] for record in results[BASELINE])
     lines = [
-        "| setting | samples/s best | samples/s median | × 1 rank, 1 thread (per-step) | all-reduce share |",
+        f"| setting | samples/s best | samples/s median | × {BASELINE} | all-reduce share |",
         "| --- | ---: | ---: | ---: | ---: |",
     ]
-    for name, reports in results.items():
-        seconds = [r["epoch_s"] for r in reports]
-        shares = [r["allreduce_share"] for r in reports if r["allreduce_share"] is not None]
-        share = f"{statistics.median(shares):.1%}" if shares else "-"
-        lines.append(
-            f"| {name} | {rows / min(seconds):,.0f} | {rows / statistics.median(seconds):,.0f} | "
-            f"{base / statistics.median(seconds):.2f} | {share} |"
-        )
+    for name, records in results.items():
+        rates = [record["samples_per_s"] for record in records]
+        shares = [record["allreduce_share"] for record in records]
+        share = f"{statistics.median(shares):.1%}" if any(shares) else "-"
+        median = statistics.median(rates)
+        lines.append(f"| {name} | {max(rates):,.0f} | {median:,.0f} | {median / base:.2f} | {share} |")
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rows", type=int, default=16 * GLOBAL_BATCH, help="training rows (a multiple of 1,024)")
-    parser.add_argument("--epochs", type=int, default=3, help="epochs of the timed fit call, after one warm-up")
-    parser.add_argument("--rounds", type=int, default=3, help="fresh processes per setting, alternating")
-    parser.add_argument("--json", type=Path, default=None, help="write the reports here")
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--epoch-path", default="per-step", help=argparse.SUPPRESS)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.data_parallel", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=12, help="global batches per epoch")
+    parser.add_argument("--epochs", type=int, default=3, help="timed epochs per job (the best counts)")
+    parser.add_argument("--rounds", type=int, default=3, help="fresh jobs per setting, alternating")
+    parser.add_argument("--json", type=Path, default=None, help="write every record here")
     args = parser.parse_args(argv)
-    if args.worker:
-        print(json.dumps(worker(args.rows, args.epochs, args.epoch_path)), flush=True)
-        return
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in SETTINGS}
+    names = list(SETTINGS)
     for round_ in range(args.rounds):
-        names = list(SETTINGS)
-        names = names[round_ % len(names) :] + names[: round_ % len(names)]  # rotate who goes first
-        for name in names:
-            results[name].append(run_setting(SETTINGS[name], args.rows, args.epochs))
-            print(f"round {round_ + 1}: {name}: {results[name][-1]}", file=sys.stderr, flush=True)
-    print(table(results, args.rows))
+        for name in names[round_ % len(names) :] + names[: round_ % len(names)]:  # who goes first rotates
+            results[name].append(run_setting(SETTINGS[name], args.steps, args.epochs))
+            print(f"round {round_ + 1}: {name}: {results[name][-1]['samples_per_s']:,.0f}/s", file=sys.stderr)
+    print(table(results))
     if args.json is not None:
-        args.json.write_text(json.dumps({"rows": args.rows, "global_batch": GLOBAL_BATCH, "results": results}))
+        args.json.write_text(json.dumps({"settings": SETTINGS, "results": results}, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -27,7 +27,9 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -35,31 +37,59 @@ from .configs import CONFIGS
 
 
 class EpochClock:
-    """A constant learning rate that notes the time whenever ``fit`` asks for an epoch's rate."""
+    """A constant learning rate that notes the time, and a counter, whenever ``fit`` asks for an epoch's rate.
 
-    def __init__(self, lr: float) -> None:
+    >>> clock = EpochClock(0.1, counter=lambda: 7.0)
+    >>> clock(0.0), clock.counters
+    (0.1, [7.0])
+    """
+
+    def __init__(self, lr: float, counter: Callable[[], float] = lambda: 0.0) -> None:
         self.lr = lr
+        self.counter = counter
         self.stamps: list[float] = []
+        self.counters: list[float] = []
 
     def __call__(self, t: float) -> float:
         self.stamps.append(time.perf_counter())
+        self.counters.append(self.counter())
         return self.lr
 
 
-def samples_per_s(config_name: str, steps: int, epochs: int) -> dict[str, object]:
-    """The job's samples/s on ``config_name`` in its best of ``epochs`` timed epochs, on every rank."""
+def _timed(comm: Any) -> Any:
+    """``comm`` adding up the seconds its array all-reduces take (the gradient's, once per step, waits included)."""
+    allreduce = comm.allreduce
+
+    def timed(array: Any) -> None:
+        started = time.perf_counter()
+        allreduce(array)
+        comm.allreduce_seconds += time.perf_counter() - started
+
+    comm.allreduce_seconds = 0.0
+    comm.allreduce = timed
+    return comm
+
+
+def samples_per_s(
+    config_name: str, steps: int, epochs: int, batch_per_rank: int | None = None, epoch_path: str = "per-step"
+) -> dict[str, Any]:
+    """The job's samples/s on ``config_name`` in its best of ``epochs`` timed epochs, on every rank.
+
+    ``batch_per_rank`` defaults to the configuration's batch; ``epoch_path`` is ``fit``'s (a job of
+    several ranks trains per step).
+    """
     from fusednn import nn
     from fusednn.distributed.mpi import MPICommunicator
 
-    comm = MPICommunicator()
+    comm = _timed(MPICommunicator())
     config = CONFIGS[config_name]
-    global_batch = config.batch * comm.size
-    rows = global_batch * steps
+    batch = config.batch if batch_per_rank is None else batch_per_rank
+    rows = batch * comm.size * steps
     rng = np.random.default_rng(0)
     x = rng.standard_normal((rows, config.sizes[0]), dtype=np.float32)
     y = rng.integers(0, config.sizes[-1], rows)
     model = nn.MLP(list(config.sizes), activation=config.activation, device="cpu", seed=0)
-    clock = EpochClock(1e-3)
+    clock = EpochClock(1e-3, lambda: comm.allreduce_seconds)
     nn.fit(
         model,
         x,
@@ -67,21 +97,25 @@ def samples_per_s(config_name: str, steps: int, epochs: int) -> dict[str, object
         optimizer="adam",
         epochs=epochs
         + 2,  # the first compiles the kernels and connects the ranks; the last starts only to stop the clock
-        batch_size=config.batch,
+        batch_size=batch,
         schedule=clock,
         schedule_interval="epoch",
         progress=False,
-        epoch_path="per-step",
+        epoch_path=epoch_path,
         distributed=comm if comm.size > 1 else None,
     )
     epoch_s = [end - start for start, end in zip(clock.stamps[1:], clock.stamps[2:], strict=False)]
+    allreduce_s = [end - start for start, end in zip(clock.counters[1:], clock.counters[2:], strict=False)]
+    best = int(np.argmin(epoch_s))
     return {
         "config": config_name,
         "ranks": comm.size,
-        "batch_per_rank": config.batch,
+        "batch_per_rank": batch,
         "steps": steps,
-        "samples_per_s": rows / min(epoch_s),
+        "epoch_path": epoch_path,
+        "samples_per_s": rows / epoch_s[best],
         "epoch_s": epoch_s,
+        "allreduce_share": allreduce_s[best] / epoch_s[best],
         "is_root": comm.is_root,
     }
 
@@ -91,14 +125,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", default="mnist-l", choices=list(CONFIGS), help="the benchmark configuration")
     parser.add_argument("--steps", type=int, default=12, help="global batches per epoch")
     parser.add_argument("--epochs", type=int, default=4, help="timed epochs (after a warm-up one); the best counts")
+    parser.add_argument("--batch-per-rank", type=int, default=None, help="rows per rank (default: the config's batch)")
+    parser.add_argument("--epoch-path", default="per-step", choices=["per-step", "compiled"], help="fit's epoch_path")
     parser.add_argument("--json", help="write the figures here (rank 0)")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.epochs < 1:
         parser.error(f"--steps and --epochs must be at least 1, got {args.steps} and {args.epochs}")
-    record = samples_per_s(args.config, args.steps, args.epochs)
+    record = samples_per_s(args.config, args.steps, args.epochs, args.batch_per_rank, args.epoch_path)
     if not record.pop("is_root"):
         return
-    print(f"{args.config}: {record['samples_per_s']:,.0f} samples/s on {record['ranks']} rank(s)")
+    print(json.dumps(record))
     if args.json:
         Path(args.json).write_text(json.dumps(record, indent=1) + "\n")
 

@@ -321,17 +321,17 @@ def test_a_resumed_run_keeps_its_global_batch_on_another_number_of_ranks(tmp_pat
 # ------------------------------------------------------- the scaling scripts
 
 
-def test_the_data_parallel_benchmark_trains_and_tabulates() -> None:
+@needs_mpi
+def test_the_data_parallel_benchmark_launches_a_setting_and_tabulates() -> None:
     from benchmarks import data_parallel
 
-    report = data_parallel.worker(rows=1024, epochs=1, epoch_path="per-step")
-    assert report["steps"] == 1 and report["epoch_s"] > 0 and report["allreduce_share"] is None
-    shared = {**report, "allreduce_share": 0.25}
-    results = {name: [report if setting["ranks"] == 1 else shared] for name, setting in data_parallel.SETTINGS.items()}
-    table = data_parallel.table(results, rows=1024).splitlines()
-    assert len(table) == 2 + len(data_parallel.SETTINGS)
-    assert table[2].startswith("| 1 rank, 1 thread, per-step |") and table[2].endswith("| 1.00 | - |")
-    assert table[-1].endswith("| 25.0% |")
+    setting = {"ranks": 2, "threads": 1, "batch": 16, "epoch_path": "per-step"}
+    record = data_parallel.run_setting(setting, steps=2, epochs=1)
+    assert (record["ranks"], record["batch_per_rank"], record["config"]) == (2, 16, "mnist-l")
+    assert 0 < record["allreduce_share"] < 1 and record["samples_per_s"] > 0
+    baseline = {**record, "samples_per_s": record["samples_per_s"] / 2, "allreduce_share": 0.0}
+    lines = data_parallel.table({data_parallel.BASELINE: [baseline], "two": [record]}).splitlines()
+    assert lines[2].endswith("| 1.00 | - |") and lines[3].split("|")[4].strip() == "2.00"
 
 
 @needs_mpi
