@@ -49,7 +49,7 @@ def command(setting: dict[str, Any], steps: int, epochs: int) -> list[str]:
     """The ``mpiexec`` command line of one job of ``setting``.
 
     >>> command(SETTINGS["1 process, 2 threads, compiled"], 4, 2)[3:7]
-    ['-n', '1', '--bind-to']
+    ['-n', '1', '--bind-to', 'none']
     """
     mpiexec = shutil.which("mpiexec")
     if mpiexec is None:
