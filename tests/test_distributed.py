@@ -359,3 +359,26 @@ def test_the_cli_puts_each_nccl_rank_on_its_own_gpu(monkeypatch: pytest.MonkeyPa
     args = argparse.Namespace(distributed="mpi", device="cuda")
     run._communicator(args)
     assert connected == [("nccl", "backend of cuda:3"), ("nccl", "backend of cuda:1"), ("mpi", "backend of cuda")]
+
+
+def test_the_cli_refuses_compiled_epochs_with_distributed(capsys: pytest.CaptureFixture[str]) -> None:
+    from fusednn.cli import main
+
+    with pytest.raises(SystemExit) as exit_status:
+        main(_cli("--distributed", "mpi", "--epoch-path", "compiled"))
+    assert exit_status.value.code == 2
+    assert "--epoch-path compiled does not go with --distributed" in capsys.readouterr().err
+
+
+def test_the_cli_without_mpi4py_says_what_to_install(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    from cli_helpers import one_error_line
+
+    from fusednn.cli import ExitStatus, main
+
+    monkeypatch.setitem(sys.modules, "mpi4py", None)
+    monkeypatch.setattr(distributed, "_CONNECTED", {})
+    assert main(_cli("--distributed", "mpi", "--out", str(tmp_path / "out"))) == ExitStatus.DEVICE
+    assert "pip install 'fusednn[distributed]'" in one_error_line(capsys)
+    assert not (tmp_path / "out").exists()

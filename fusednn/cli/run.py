@@ -135,6 +135,8 @@ def _check_flags(settings: argparse.Namespace) -> None:
         problem = "--labels goes with an IDX images file given to --data"
     elif settings.momentum is not None and settings.optimizer in ("adam", "adamw", "lamb"):
         problem = f"--momentum applies to sgd, rmsprop and lars, not {settings.optimizer}"
+    elif settings.distributed is not None and settings.epoch_path == "compiled":
+        problem = "--epoch-path compiled does not go with --distributed, which all-reduces between steps"
     if problem:
         raise CommandError(ExitStatus.USAGE, problem)
 
