@@ -219,3 +219,51 @@ def test_fit_on_one_rank_through_nccl_trains_what_fit_trains(
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
     steps = EPOCHS * -(-ROWS // BATCH)
     assert [call[0] for call in fake.calls].count("allReduce") == steps + EPOCHS
+
+
+@needs_mpi
+def test_a_gpu_model_all_reduces_through_mpi_via_the_host(
+    sim_backend: fusednn.Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``distributed="mpi"`` on a GPU stages each device buffer through the host, and trains what fit trains."""
+    from distributed_nccl_ranks import BATCH, fit, model
+
+    staged: list[tuple[int, ...]] = []
+    to_numpy = type(sim_backend).to_numpy
+    monkeypatch.setattr(
+        type(sim_backend), "to_numpy", lambda self, x: staged.append(tuple(x.shape)) or to_numpy(self, x)
+    )
+    reference, network = model("numpy", seed=0), model("cuda:0", seed=0)
+    expected, history = fit(reference, BATCH), fit(network, BATCH, distributed="mpi")
+    assert history.params["ranks"] == 1
+    np.testing.assert_allclose(history.history["loss"], expected.history["loss"], rtol=1e-12)
+    for got, want in zip(network.get_weights(), reference.get_weights(), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+    assert (network.parameters().size,) in staged  # the flat gradient (and parameters) went through the host
+
+
+class _TwinRanks:
+    """An mpi4py communicator stand-in for rank 0 of two ranks holding the same values: Allreduce doubles, Bcast
+    writes rank 1's (here: minus ours)."""
+
+    def Get_rank(self) -> int:  # noqa: N802  (mpi4py's names)
+        return 0
+
+    def Get_size(self) -> int:  # noqa: N802
+        return 2
+
+    def Allreduce(self, send: object, buffer: np.ndarray, op: object) -> None:  # noqa: N802
+        buffer *= 2
+
+    def Bcast(self, buffer: np.ndarray, root: int) -> None:  # noqa: N802
+        np.negative(buffer, out=buffer)
+
+
+@needs_mpi
+def test_mpi_collectives_of_a_gpu_array_write_the_result_back_to_the_device(sim_backend: fusednn.Backend) -> None:
+    comm = MPICommunicator(_TwinRanks())
+    array = sim_backend.asarray(np.arange(5.0), dtype="float32")
+    comm.allreduce(array)
+    np.testing.assert_array_equal(sim_backend.to_numpy(array), 2 * np.arange(5.0))
+    comm.broadcast(array, root=1)
+    np.testing.assert_array_equal(sim_backend.to_numpy(array), -2 * np.arange(5.0))
