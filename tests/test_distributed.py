@@ -382,3 +382,9 @@ def test_the_cli_without_mpi4py_says_what_to_install(
     assert main(_cli("--distributed", "mpi", "--out", str(tmp_path / "out"))) == ExitStatus.DEVICE
     assert "pip install 'fusednn[distributed]'" in one_error_line(capsys)
     assert not (tmp_path / "out").exists()
+
+
+def test_the_cli_offers_every_kind_of_communicator() -> None:
+    from fusednn.cli.flags import DISTRIBUTED
+
+    assert DISTRIBUTED == distributed.KINDS

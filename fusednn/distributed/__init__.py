@@ -19,8 +19,8 @@ until a run asks for it: a process that trains on one device never loads mpi4py.
 
 Launch a job as MPI jobs are launched::
 
-    mpiexec -n 4 fusednn train --data mnist --distributed mpi
-    mpiexec -n 4 fusednn train --data mnist --distributed nccl --device cuda   # one rank per GPU
+    mpiexec -n 4 fusednn train --data train-images.idx3-ubyte --labels train-labels.idx1-ubyte --distributed mpi
+    mpiexec -n 4 fusednn train --data digits --distributed nccl --device cuda   # one rank per GPU
 
 A failure is never a hang. Where every rank can reach an agreement point (setting up
 ``fit``, writing a checkpoint) the ranks compare notes (:meth:`Communicator.agreement`)
@@ -200,7 +200,7 @@ def connect(kind: str, backend: Backend) -> Communicator:
         RuntimeError: NCCL would put two ranks on one GPU.
     """
     if not isinstance(kind, str) or kind not in KINDS:
-        raise ValueError(f"distributed must be one of {KINDS} or an fusednn.distributed.Communicator, got {kind!r}")
+        raise ValueError(f"distributed must be one of {KINDS} or a fusednn.distributed.Communicator, got {kind!r}")
     key = (kind, backend.name)
     communicator = _CONNECTED.get(key)
     if communicator is None:
