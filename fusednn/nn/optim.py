@@ -391,9 +391,13 @@ class Adam(Optimizer):
         beta1, beta2 = self.betas
         step_size, bias_correction2_sqrt = adam_scalars(self.lr, beta1, beta2, step)
         return (
-            step_size, bias_correction2_sqrt, 1.0 - beta1, beta2, 1.0 - beta2, self.eps, self.weight_decay,
+            step_size, bias_correction2_sqrt, 1.0 - beta1, beta2, 1.0 - beta2, self.eps, self._decay(),
             self._uses("max_exp_avg_sq"),
         )  # fmt: skip
+
+    def _decay(self) -> float:
+        """The rule's weight-decay scalar: Adam adds ``weight_decay * param`` to the gradient."""
+        return self.weight_decay
 
 
 class AdamW(Adam):
@@ -433,13 +437,9 @@ class AdamW(Adam):
     ) -> None:
         super().__init__(params, lr, betas, eps, weight_decay, amsgrad)
 
-    def _scalars(self, step: int) -> tuple[float | bool, ...]:
-        beta1, beta2 = self.betas
-        step_size, bias_correction2_sqrt = adam_scalars(self.lr, beta1, beta2, step)
-        return (
-            step_size, bias_correction2_sqrt, 1.0 - beta1, beta2, 1.0 - beta2, self.eps,
-            1.0 - self.lr * self.weight_decay, self._uses("max_exp_avg_sq"),
-        )  # fmt: skip
+    def _decay(self) -> float:
+        """AdamW's weight-decay scalar: the factor ``1 - lr * weight_decay`` the weights are multiplied by."""
+        return 1.0 - self.lr * self.weight_decay
 
 
 class LAMB(Optimizer):
