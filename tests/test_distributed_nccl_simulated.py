@@ -21,7 +21,7 @@ from cuda_shim.simulated import SimStream, no_host_reads, recording_allocations,
 from mpi_jobs import ROOT, needs_mpi, run_job
 
 import fusednn
-from fusednn import distributed
+from fusednn import distributed, nn
 from fusednn.backends import registry
 from fusednn.backends.device import Device
 from fusednn.distributed import ABORT_STATUS, nccl
@@ -205,18 +205,26 @@ def test_without_mpi4py_a_rank_of_a_launched_job_says_what_to_install(
         nccl.NCCLCommunicator(sim_backend)
 
 
-def test_fit_on_one_rank_through_nccl_trains_what_fit_trains(
-    without_mpi4py: None, sim_backend: fusednn.Backend, fake: FakeNccl, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    from distributed_nccl_ranks import BATCH, EPOCHS, ROWS, fit, model
+def _one_rank_trains_what_fit_trains(distributed: str) -> nn.Sequential:
+    """Fit the simulated cuda:0 model on one rank through ``distributed``; check it against a numpy fit; return it."""
+    from distributed_nccl_ranks import BATCH, fit, model
 
-    monkeypatch.setattr(nccl, "load_nccl", lambda: fake)
     reference, network = model("numpy", seed=0), model("cuda:0", seed=0)
-    expected, history = fit(reference, BATCH), fit(network, BATCH, distributed="nccl")
+    expected, history = fit(reference, BATCH), fit(network, BATCH, distributed=distributed)
     assert history.params["ranks"] == 1
     np.testing.assert_allclose(history.history["loss"], expected.history["loss"], rtol=1e-12)
     for got, want in zip(network.get_weights(), reference.get_weights(), strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+    return network
+
+
+def test_fit_on_one_rank_through_nccl_trains_what_fit_trains(
+    without_mpi4py: None, sim_backend: fusednn.Backend, fake: FakeNccl, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from distributed_nccl_ranks import BATCH, EPOCHS, ROWS
+
+    monkeypatch.setattr(nccl, "load_nccl", lambda: fake)
+    _one_rank_trains_what_fit_trains("nccl")
     steps = EPOCHS * -(-ROWS // BATCH)
     assert [call[0] for call in fake.calls].count("allReduce") == steps + EPOCHS
 
@@ -226,19 +234,12 @@ def test_a_gpu_model_all_reduces_through_mpi_via_the_host(
     sim_backend: fusednn.Backend, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``distributed="mpi"`` on a GPU stages each device buffer through the host, and trains what fit trains."""
-    from distributed_nccl_ranks import BATCH, fit, model
-
     staged: list[tuple[int, ...]] = []
     to_numpy = type(sim_backend).to_numpy
     monkeypatch.setattr(
         type(sim_backend), "to_numpy", lambda self, x: staged.append(tuple(x.shape)) or to_numpy(self, x)
     )
-    reference, network = model("numpy", seed=0), model("cuda:0", seed=0)
-    expected, history = fit(reference, BATCH), fit(network, BATCH, distributed="mpi")
-    assert history.params["ranks"] == 1
-    np.testing.assert_allclose(history.history["loss"], expected.history["loss"], rtol=1e-12)
-    for got, want in zip(network.get_weights(), reference.get_weights(), strict=True):
-        np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-12)
+    network = _one_rank_trains_what_fit_trains("mpi")
     assert (network.parameters().size,) in staged  # the flat gradient (and parameters) went through the host
 
 

@@ -63,12 +63,9 @@ class DataParallel:
         count = stop - start
         return start + count * self.rank // self.size, start + count * (self.rank + 1) // self.size
 
-    def reduce_gradient(self, grad: Array) -> None:
-        """Sum the ranks' share-weighted gradients in place: the one all-reduce of an optimizer step."""
-        self.comm.allreduce(grad)
-
     def reduce(self, array: Array) -> None:
-        """Sum a device array over the ranks, in place (the outputs of an epoch: each rank fills its rows)."""
+        """Sum a device array over the ranks, in place: the share-weighted gradient of each optimizer step,
+        and the outputs of an epoch (each rank fills its rows)."""
         self.comm.allreduce(array)
 
     def reduce_host(self, values: np.ndarray) -> np.ndarray:

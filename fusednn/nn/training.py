@@ -338,12 +338,12 @@ class _Loop:
                     if i % self.accumulate == self.accumulate - 1 or b == data.n:
                         params.grad[...] = accumulated
                         if parallel is not None:
-                            parallel.reduce_gradient(params.grad)
+                            parallel.reduce(params.grad)
                         self.optimizer.step()
                 else:
                     if parallel is not None:
                         params.grad *= params.dtype.type((hi - lo) / (b - a))
-                        parallel.reduce_gradient(params.grad)
+                        parallel.reduce(params.grad)
                     self.optimizer.step()
                 if i == 0 and self.trainer is not None:
                     # The per-step kernels have compiled by now, so the trainer's compile does not hold them up.
