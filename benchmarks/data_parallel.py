@@ -24,15 +24,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
 import statistics
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
+from .compare import BLAS_ENV_WARNINGS, REPO_ROOT
+from .mpi_jobs import job_environment, mpiexec
 
 SETTINGS: dict[str, dict[str, Any]] = {
     "1 process, 1 thread, per-step": {"ranks": 1, "threads": 1, "batch": 1024, "epoch_path": "per-step"},
@@ -51,30 +50,26 @@ def command(setting: dict[str, Any], steps: int, epochs: int) -> list[str]:
     >>> command(SETTINGS["1 process, 2 threads, compiled"], 4, 2)[3:7]
     ['-n', '1', '--bind-to', 'none']
     """
-    mpiexec = shutil.which("mpiexec")
-    if mpiexec is None:
-        raise RuntimeError("mpiexec is not on PATH: pip install -e '.[distributed]'")
     binding = ["--bind-to", "none"] if setting["threads"] > 1 else []
     return [
-        mpiexec, "--allow-run-as-root", "--oversubscribe", "-n", str(setting["ranks"]), *binding,
+        *mpiexec(setting["ranks"], *binding),
         sys.executable, "-m", "benchmarks.dp_throughput", "--config", "mnist-l", "--steps", str(steps),
         "--epochs", str(epochs), "--batch-per-rank", str(setting["batch"]), "--epoch-path", setting["epoch_path"],
     ]  # fmt: skip
 
 
 def environment(threads: int) -> dict[str, str]:
-    """This process's environment for a job of ``threads`` threads per rank, without the OpenBLAS overrides."""
-    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
-    for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
-        env[name] = str(threads)
-    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    """The environment of a job of ``threads`` threads per rank, without the OpenBLAS overrides."""
+    env = job_environment(threads)
+    for name in BLAS_ENV_WARNINGS:
+        env.pop(name, None)
     return env
 
 
 def run_setting(setting: dict[str, Any], steps: int, epochs: int) -> dict[str, Any]:
     """One fresh job of ``setting``: rank 0's record from :func:`benchmarks.dp_throughput.samples_per_s`."""
     argv = command(setting, steps, epochs)
-    result = subprocess.run(argv, env=environment(setting["threads"]), cwd=ROOT, capture_output=True, text=True)
+    result = subprocess.run(argv, env=environment(setting["threads"]), cwd=REPO_ROOT, capture_output=True, text=True)
     if result.returncode:
         raise RuntimeError(f"{' '.join(argv)} failed:\n{result.stderr}")
     return next(json.loads(line) for line in result.stdout.splitlines() if line.startswith("{"))

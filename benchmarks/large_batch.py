@@ -30,8 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -41,9 +39,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .compare import REPO_ROOT
+from .mpi_jobs import job_environment, mpiexec
 from .report import markdown_table
 
-ROOT = Path(__file__).resolve().parent.parent
 HIDDEN = (128,)
 """Hidden widths: the digits benchmark configuration, 64-128-10."""
 BATCHES = (32, 128, 512, 1024)
@@ -54,7 +53,6 @@ WARMUP_EPOCHS = 2.0
 BASE_BATCH = 256
 """The batch a base rate is quoted at, as ``fusednn train --lr-scaling linear`` quotes ``--lr``."""
 SPLIT_SEED = 0
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 @dataclass(frozen=True)
@@ -197,14 +195,9 @@ def run_job(runs: list[dict[str, Any]], settings: dict[str, Any], ranks: int, sc
     plan.write_text(json.dumps({"settings": settings, "runs": runs}))
     command = [sys.executable, "-m", "benchmarks.large_batch", "--worker", str(plan), str(out), "--ranks", str(ranks)]
     if ranks > 1:
-        mpiexec = shutil.which("mpiexec")
-        if mpiexec is None:
-            raise RuntimeError("the 2-rank runs need mpiexec: pip install 'fusednn[distributed]'")
-        # --oversubscribe lets two ranks share a 2-core machine; --allow-run-as-root lets containers start them.
-        command = [mpiexec, "--allow-run-as-root", "--oversubscribe", "-n", str(ranks), *command]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
-    env.update(dict.fromkeys(THREAD_VARIABLES, "1"))
-    subprocess.run(command, cwd=ROOT, env=env, check=True, stdout=subprocess.DEVNULL)  # results come in `out`
+        command = mpiexec(ranks, *command)
+    env = job_environment(1)
+    subprocess.run(command, cwd=REPO_ROOT, env=env, check=True, stdout=subprocess.DEVNULL)  # results come in `out`
     return json.loads(out.read_text())
 
 
