@@ -32,6 +32,16 @@ _JIT: JitOptions = {"cache": True, "error_model": "numpy"}
 _NORM_BLOCK = 512  # elements whose LAMB directions are computed, vectorised, before their norm is summed
 
 
+@njit(inline="always", **_JIT)
+def _descend(param, momentum_buffer, i, g, lr, momentum, one_minus_dampening, use_momentum, nesterov, first_step):
+    """``param[i] -= lr * d`` for direction ``g``, through SGD's momentum when ``use_momentum`` (SGD's and LARS's)."""
+    if use_momentum:
+        b = g if first_step else momentum * momentum_buffer[i] + one_minus_dampening * g
+        momentum_buffer[i] = b
+        g = g + momentum * b if nesterov else b
+    param[i] -= lr * g
+
+
 @njit(**_JIT)
 def sgd(
     param, grad, momentum_buffer, lr, momentum, one_minus_dampening, weight_decay, use_momentum, nesterov, first_step
@@ -41,11 +51,7 @@ def sgd(
         g = grad[i]
         if weight_decay != 0:
             g = g + weight_decay * param[i]
-        if use_momentum:
-            b = g if first_step else momentum * momentum_buffer[i] + one_minus_dampening * g
-            momentum_buffer[i] = b
-            g = g + momentum * b if nesterov else b
-        param[i] -= lr * g
+        _descend(param, momentum_buffer, i, g, lr, momentum, one_minus_dampening, use_momentum, nesterov, first_step)
 
 
 @njit(**_JIT)
@@ -237,11 +243,7 @@ def _lars_tensor(
         ratio = like(lr, trust_coefficient * p_norm / (g_norm + weight_decay * p_norm + eps))
     for i in range(p.shape[0]):
         d = (g[i] + weight_decay * p[i]) * ratio
-        if use_momentum:
-            b = d if first_step else momentum * buf[i] + one_minus_dampening * d
-            buf[i] = b
-            d = d + momentum * b if nesterov else b
-        p[i] -= lr * d
+        _descend(p, buf, i, d, lr, momentum, one_minus_dampening, use_momentum, nesterov, first_step)
 
 
 @njit(**_JIT)

@@ -16,20 +16,28 @@
 #error "compile with the -D defines of fusednn.kernels.cuda.sources.COMPILE_OPTIONS"
 #endif
 
-// torch.optim.SGD. one_minus_dampening = 1 - dampening; first_step makes the
-// momentum buffer start as g (no dampening), as torch does.
+// param[i] = p - lr * d for direction g, through SGD's momentum when use_momentum (SGD's and LARS's).
+// one_minus_dampening = 1 - dampening; first_step makes the momentum buffer start as g (no
+// dampening), as torch does.
 template <typename T>
-__device__ __forceinline__ void sgd_element(long long i, T* param, const T* grad, T* momentum_buffer, T lr, T momentum,
-                                            T one_minus_dampening, T weight_decay, int use_momentum, int nesterov,
-                                            int first_step) {
-    const T p = param[i];
-    T g = grad[i] + weight_decay * p;
+__device__ __forceinline__ void descend(long long i, T* param, T p, T g, T* momentum_buffer, T lr, T momentum,
+                                        T one_minus_dampening, int use_momentum, int nesterov, int first_step) {
     if (use_momentum) {
         const T buf = first_step ? g : momentum * momentum_buffer[i] + one_minus_dampening * g;
         momentum_buffer[i] = buf;
         g = nesterov ? g + momentum * buf : buf;
     }
     param[i] = p - lr * g;
+}
+
+// torch.optim.SGD.
+template <typename T>
+__device__ __forceinline__ void sgd_element(long long i, T* param, const T* grad, T* momentum_buffer, T lr, T momentum,
+                                            T one_minus_dampening, T weight_decay, int use_momentum, int nesterov,
+                                            int first_step) {
+    const T p = param[i];
+    descend(i, param, p, grad[i] + weight_decay * p, momentum_buffer, lr, momentum, one_minus_dampening, use_momentum,
+            nesterov, first_step);
 }
 
 template <typename T>
@@ -273,13 +281,8 @@ __global__ void lars_step(T* param, const T* grad, T* momentum_buffer, const lon
         }
         for (long long i = lane.begin; i < lane.stop; i += lane.step) {
             const T p = param[i];
-            T g = (grad[i] + weight_decay * p) * ratio;
-            if (use_momentum) {
-                const T buf = first_step ? g : momentum * momentum_buffer[i] + one_minus_dampening * g;
-                momentum_buffer[i] = buf;
-                g = nesterov ? g + momentum * buf : buf;
-            }
-            param[i] = p - lr * g;
+            descend(i, param, p, (grad[i] + weight_decay * p) * ratio, momentum_buffer, lr, momentum,
+                    one_minus_dampening, use_momentum, nesterov, first_step);
         }
     }
 }
