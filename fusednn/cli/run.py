@@ -53,12 +53,12 @@ class _Run:
 
     @property
     def ranks(self) -> int:
-        return 1 if self.comm is None else int(self.comm.size)
+        return _ranks(self.comm)
 
     @property
     def root(self) -> bool:
         """Whether this process prints and writes: rank 0, or the only process."""
-        return self.comm is None or bool(self.comm.is_root)
+        return _is_root(self.comm)
 
     @property
     def classify(self) -> bool:
@@ -89,16 +89,31 @@ def train(args: argparse.Namespace, parser: argparse.ArgumentParser, given: set[
             run = _prepare(args, given, parser, comm)
         return _train(run, args)
     except CommandError as error:
-        if comm is not None and not comm.is_root:  # every rank fails alike; rank 0 says why, once
+        if not _is_root(comm):  # every rank fails alike; rank 0 says why, once
             return int(error.status)
         if error.status == ExitStatus.USAGE:
             argparse.ArgumentParser.error(parser, str(error))  # usage, one line, exit status 2
         print(f"fusednn train: error: {error}{_on_rank(error)}", file=sys.stderr)
         return int(error.status)
     except KeyboardInterrupt:
-        if comm is None or comm.is_root:
+        if _is_root(comm):
             print("\nfusednn train: interrupted before training started; nothing was written", file=sys.stderr)
         return int(ExitStatus.INTERRUPTED)
+
+
+def _ranks(comm: Any) -> int:
+    """The number of ranks of ``--distributed``'s communicator, 1 without one."""
+    return 1 if comm is None else int(comm.size)
+
+
+def _is_root(comm: Any) -> bool:
+    """Whether this process prints and writes: rank 0 of ``--distributed``'s communicator, or the only process."""
+    return comm is None or bool(comm.is_root)
+
+
+def _global_batch(settings: argparse.Namespace, ranks: int) -> int:
+    """Rows per optimizer step over every rank (what ``--lr-scaling linear`` scales the rate by)."""
+    return int(settings.batch_size * settings.accumulate * ranks)
 
 
 def _on_rank(error: BaseException) -> str:
@@ -145,8 +160,7 @@ def _prepare(args: argparse.Namespace, given: set[str], parser: argparse.Argumen
     """Everything before training; with ``--distributed`` every rank runs it, and rank 0 alone touches ``--out``."""
     with failing_as(ExitStatus.USAGE, ValueError), failing_as(ExitStatus.DEVICE, RuntimeError, ImportError):
         fusednn.backend(args.device)  # an unknown or unusable device fails here, before any work
-    ranks = 1 if comm is None else comm.size
-    root = comm is None or comm.is_root
+    ranks, root = _ranks(comm), _is_root(comm)
     resumed = resume.load(args.resume, args.device) if args.resume else None
     settings = resume.settings(args, given, resumed, parser, ranks) if resumed else args
     _check_flags(settings)
@@ -156,7 +170,8 @@ def _prepare(args: argparse.Namespace, given: set[str], parser: argparse.Argumen
     if resumed is not None and "data" not in given:  # --data comes from the record: if it fails (moved?), say so
         context = f"--data {settings.data!r} (saved in --resume {args.resume!r})"
     dataset, splits = _load_data(settings, context)
-    lr = settings.lr * settings.batch_size * settings.accumulate * ranks / BASE_BATCH  # of the global batch
+    # Scaled by the global batch; multiplied in this order, one rank's rate is the rate of before --distributed.
+    lr = settings.lr * settings.batch_size * settings.accumulate * ranks / BASE_BATCH
     lr = lr if settings.lr_scaling == "linear" else settings.lr
     with failing_as(ExitStatus.MEMORY, MemoryError, context="out of memory building the model"):
         model, optimizer, scaler, history = _model_and_state(args, settings, resumed, dataset, splits, lr)
@@ -288,7 +303,11 @@ def _banner(run: _Run) -> str:
         f"fusednn {fusednn.__version__}: {dataset.name}, {task}; {rows} rows, {scaling}",
         f"model {sizes} {'/'.join(sorted(hidden)) or 'linear'} on {model.device} ({model.dtype.name}); "
         f"{run.optimizer!r}{schedule}; batch {settings.batch_size} x {settings.accumulate}"
-        + (f" on each of {run.ranks} ranks ({run.comm.kind}), global batch {_global_batch(run)}" if run.comm else ""),
+        + (
+            f" on each of {run.ranks} ranks ({run.comm.kind}), global batch {_global_batch(settings, run.ranks)}"
+            if run.comm
+            else ""
+        ),
     ]
     if run.resumed is not None:
         anew = run.given_anew
@@ -297,10 +316,6 @@ def _banner(run: _Run) -> str:
             + (f"; given anew: {', '.join(describe(dest, getattr(settings, dest)) for dest in anew)}" if anew else "")
         )
     return "\n".join(lines)
-
-
-def _global_batch(run: _Run) -> int:
-    return int(run.settings.batch_size * run.settings.accumulate * run.ranks)
 
 
 def _train(run: _Run, args: argparse.Namespace) -> int:
